@@ -1,0 +1,422 @@
+#!/usr/bin/env python
+"""Build ``data/tiny-arith``: the small causal LM that prorl's quick start trains with RL.
+
+Runs fully offline on CPU, deterministically for a given ``--seed`` (and machine)::
+
+    python data/build_tiny_model.py                      # -> data/tiny-arith/
+    python data/build_tiny_model.py --out /tmp/m --steps 900 --seed 0
+
+Steps:
+
+1. a character-level tokenizer (``tokenizers`` WordLevel over single characters: every printable
+   ASCII character plus ``\\n``/``\\t`` is one token; a ``Fuse`` decoder so ``decode(encode(s)) == s``),
+   wrapped in ``transformers.PreTrainedTokenizerFast`` with ``<pad>``/``<eos>``/``<bos>``/``<unk>``,
+   left padding and a tiny chat template (``user: ...\\nassistant: ``);
+2. a small ``LlamaForCausalLM`` (~0.9M parameters, tied embeddings) initialised from ``--seed``;
+3. supervised next-token pre-training from scratch on train-split problems of the built-in
+   ``arithmetic`` task (``prorl.tasks``): sequence ``"47+385=432<eos>"``, loss on ``"432<eos>"`` only,
+   for a deliberately small fixed budget (``--steps``) so the skill is only partly learned;
+4. evaluation on the held-out split (greedy pass@1, sampled pass@1 at T=1.0 and pass@16 over 16
+   samples per prompt), then ``save_pretrained`` (safetensors) of model + tokenizer and a model card
+   ``README.md`` with the numbers.
+
+The script pins torch to ``--threads`` (default 1) intra-op threads so the result does not depend on
+the core count of the machine that builds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import string
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing prorl
+    sys.path.insert(0, str(REPO_ROOT))
+
+from prorl.tasks import (  # noqa: E402
+    arithmetic_problems,
+    format_completion,
+    is_correct,
+    load_builtin_task,
+    task_prompt,
+)
+
+DEFAULT_OUT = REPO_ROOT / "data" / "tiny-arith"
+
+# ---- recipe defaults (the shipped model was built with exactly these) ----------------------
+DEFAULT_STEPS = 900
+DEFAULT_SEED = 0
+BATCH_SIZE = 128
+LR = 2e-3
+WARMUP = 50
+MIN_LR_FRAC = 0.1
+WEIGHT_DECAY = 0.01
+LABEL_NOISE = 0.0
+
+MODEL_KW = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=64,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+)
+
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+EVAL_N = 200  # held-out prompts
+EVAL_SAMPLES = 16  # samples per prompt for sampled pass@1 / pass@16
+EVAL_MAX_NEW_TOKENS = 8
+
+
+# ---- tokenizer ------------------------------------------------------------------------------
+def build_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [c for c in string.printable if c not in "\r\x0b\x0c"]  # 95 printable + \n \t
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    # Isolate every single character (including whitespace and newlines) as its own token.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # concatenate tokens: no spaces inserted on decode
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+        padding_side="left",
+        model_max_length=MODEL_KW["max_position_embeddings"],
+        chat_template=CHAT_TEMPLATE,
+    )
+    return hf_tok
+
+
+# ---- model ----------------------------------------------------------------------------------
+def build_model(tokenizer, seed: int):
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        **MODEL_KW,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        max_new_tokens=EVAL_MAX_NEW_TOKENS,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+    )
+    return model
+
+
+# ---- data -----------------------------------------------------------------------------------
+def noisy_answer(answer: int, rng: random.Random) -> str:
+    """A near miss of ``answer``: one digit moved by +-1 (what a carry mistake looks like)."""
+    digits = list(str(answer))
+    while True:
+        i = rng.randrange(len(digits))
+        d = (int(digits[i]) + rng.choice((-1, 1))) % 10
+        if not (i == 0 and d == 0):
+            digits[i] = str(d)
+            return "".join(digits)
+
+
+def make_batch(problems, tokenizer, batch_size: int, noise_rng: random.Random | None = None,
+               label_noise: float = 0.0):
+    """Right-padded (input_ids, attention_mask, labels) for ``batch_size`` train problems;
+    labels are -100 except on the completion digits and the EOS. With probability
+    ``label_noise`` a target is replaced by a near miss (:func:`noisy_answer`)."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    vocab = tokenizer.get_vocab()
+    seqs, masks = [], []
+    for _ in range(batch_size):
+        a, b = next(problems)
+        p = [vocab[c] for c in task_prompt(a, b)]
+        target = format_completion(a + b)
+        if label_noise > 0 and noise_rng.random() < label_noise:
+            target = noisy_answer(a + b, noise_rng)
+        c = [vocab[ch] for ch in target] + [eos]
+        seqs.append(p + c)
+        masks.append([0] * len(p) + [1] * len(c))
+    width = max(len(s) for s in seqs)
+    ids = torch.full((batch_size, width), pad, dtype=torch.long)
+    attn = torch.zeros((batch_size, width), dtype=torch.long)
+    labels = torch.full((batch_size, width), -100, dtype=torch.long)
+    for i, (s, m) in enumerate(zip(seqs, masks)):
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+        labels[i, : len(s)] = torch.where(torch.tensor(m, dtype=torch.bool), torch.tensor(s), -100)
+    return ids, attn, labels
+
+
+def lr_at(step: int, steps: int) -> float:
+    if step < WARMUP:
+        return LR * (step + 1) / WARMUP
+    progress = (step - WARMUP) / max(1, steps - WARMUP)
+    return LR * (MIN_LR_FRAC + (1 - MIN_LR_FRAC) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pretrain(model, tokenizer, steps: int, seed: int, log_every: int = 100, callback=None) -> float:
+    """Train in place; returns the mean training loss over the last logging window."""
+    rng = random.Random(f"prorl/build_tiny_model/{seed}")
+    problems = arithmetic_problems("train", rng)
+    noise_rng = random.Random(f"prorl/build_tiny_model/noise/{seed}")
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=LR,
+        betas=(0.9, 0.98),
+        eps=1e-8,
+    )
+    model.train()
+    t0 = time.time()
+    run_loss, last_loss = 0.0, float("nan")
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps)
+        ids, attn, labels = make_batch(problems, tokenizer, BATCH_SIZE, noise_rng, LABEL_NOISE)
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        run_loss += loss.item()
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            n = (step % log_every) + 1
+            print(
+                f"step {step + 1:5d}/{steps}  loss {run_loss / n:.4f}  lr {lr_at(step, steps):.2e}  "
+                f"{time.time() - t0:6.1f}s",
+                flush=True,
+            )
+            last_loss, run_loss = run_loss / n, 0.0
+            if callback is not None:  # dev hook: callback(step, model), e.g. an intermediate eval
+                model.eval()
+                callback(step + 1, model)
+                model.train()
+    model.eval()
+    return last_loss
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+@torch.no_grad()
+def generate(model, tokenizer, prompts, *, do_sample: bool, num_samples: int = 1,
+             max_new_tokens: int = EVAL_MAX_NEW_TOKENS, temperature: float = 1.0,
+             generator: torch.Generator | None = None) -> list[list[str]]:
+    """Plain-torch batched generation (no KV cache; sequences are ~15 tokens) with left padding.
+    Returns, per prompt, ``num_samples`` completion strings (decoded up to the first EOS)."""
+    enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
+    ids = enc["input_ids"].repeat_interleave(num_samples, dim=0)
+    attn = enc["attention_mask"].repeat_interleave(num_samples, dim=0)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    done = torch.zeros(ids.shape[0], dtype=torch.bool)
+    new_tokens = []
+    for _ in range(max_new_tokens):
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -1, :].float()
+        if do_sample:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        else:
+            nxt = logits.argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        new_tokens.append(nxt)
+        done |= nxt == eos
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        attn = torch.cat([attn, (~done | (nxt == eos)).long()[:, None]], dim=1)
+        if bool(done.all()):
+            break
+    gen = torch.stack(new_tokens, dim=1).tolist()
+    texts = []
+    for row in gen:
+        if eos in row:
+            row = row[: row.index(eos)]
+        texts.append(tokenizer.decode(row, skip_special_tokens=True))
+    return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+
+
+def evaluate(model, tokenizer, n: int = EVAL_N, k: int = EVAL_SAMPLES, seed: int = 0) -> dict:
+    """Greedy pass@1, sampled pass@1 (mean over k samples at T=1.0) and pass@k on ``n``
+    held-out prompts of ``load_builtin_task("arithmetic", "test", n=n, seed=0)``."""
+    ds = load_builtin_task("arithmetic", split="test", n=n, seed=0)
+    prompts, answers = ds["prompt"], ds["answer"]
+    greedy = generate(model, tokenizer, prompts, do_sample=False)
+    g = torch.Generator().manual_seed(seed)
+    sampled = []
+    for i in range(0, n, 50):  # chunks keep memory small
+        sampled += generate(model, tokenizer, prompts[i:i + 50], do_sample=True, num_samples=k, generator=g)
+    greedy_ok = [is_correct(c[0], a) for c, a in zip(greedy, answers)]
+    samp_ok = [[is_correct(c, a) for c in cs] for cs, a in zip(sampled, answers)]
+    with_eos = sum(len(c) <= 4 and c.isdigit() for cs in sampled for c in cs)  # well-formed samples
+    return {
+        "n_prompts": n,
+        "samples_per_prompt": k,
+        "greedy_pass@1": sum(greedy_ok) / n,
+        "sampled_pass@1": sum(map(sum, samp_ok)) / (n * k),
+        f"pass@{k}": sum(any(r) for r in samp_ok) / n,
+        "well_formed_frac": with_eos / (n * k),
+        "examples": [
+            {"prompt": p, "answer": a, "greedy": gr[0], "samples": s[:4]}
+            for p, a, gr, s in list(zip(prompts, answers, greedy, sampled))[:5]
+        ],
+    }
+
+
+# ---- model card -----------------------------------------------------------------------------
+def write_card(out: Path, *, args, n_params: int, metrics: dict, build_s: float, final_loss: float | None) -> None:
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    k = metrics["samples_per_prompt"]
+    ex = "\n".join(
+        f"| `{e['prompt']}` | `{e['answer']}` | `{e['greedy']}` | {', '.join(f'`{s}`' for s in e['samples'])} |"
+        for e in metrics["examples"]
+    )
+    card = f"""# tiny-arith
+
+A ~{n_params / 1e6:.2f}M-parameter `LlamaForCausalLM` with a character-level tokenizer, pre-trained **from
+scratch** by `data/build_tiny_model.py` on the built-in `arithmetic` task of `prorl.tasks`
+(addition of 2-/3-digit integers). It is the default model of prorl's offline CPU quick start:
+a deliberately *partly* capable starting point, so that RL on the exact-match reward has something
+to improve (the model knows the format and often the answer, but samples many wrong sums).
+
+## Task format
+
+```
+prompt:      47+385=
+completion:  432<eos>
+```
+
+Prompt and completion are plain text, no chat template and no BOS. A completion is correct when
+its last number equals the answer (`exact_match`). Load the data with
+`prorl.tasks.load_builtin_task("arithmetic", split="train" | "test")`; the test split (held-out
+operand pairs, selected by a hash of the unordered pair) was never seen in pre-training.
+
+## How it was built
+
+```
+python data/build_tiny_model.py --out {args.out_display} --steps {args.steps} --seed {args.seed} --threads {args.threads}
+```
+
+- tokenizer: `tokenizers` WordLevel over single characters (printable ASCII + `\\n`, `\\t`) with a
+  `Fuse` decoder (`decode(encode(s)) == s`); special tokens `<pad>`=0, `<eos>`=1, `<bos>`=2,
+  `<unk>`=3; `padding_side="left"`; chat template `user: ...\\nassistant: `.
+- model: Llama, hidden {MODEL_KW['hidden_size']}, {MODEL_KW['num_hidden_layers']} layers,
+  {MODEL_KW['num_attention_heads']} heads, intermediate {MODEL_KW['intermediate_size']},
+  max positions {MODEL_KW['max_position_embeddings']}, tied embeddings, vocab {metrics['vocab_size']};
+  **{n_params:,} parameters**, fp32 safetensors; folder size {size / 1e6:.2f} MB.
+- pre-training: next-token cross-entropy on the completion (`432<eos>`) of train-split problems
+  sampled on the fly, {args.steps} steps x batch {BATCH_SIZE}, AdamW (lr {LR}, {WARMUP} warmup steps,
+  cosine to {MIN_LR_FRAC}x, weight decay {WEIGHT_DECAY}, grad clip 1.0), seed {args.seed},
+  {args.threads} torch thread(s); final training loss {final_loss:.4f}.
+- build time: {build_s:.0f} s on this machine's CPU (torch {torch.__version__}).
+
+## Measured on the held-out split
+
+{metrics['n_prompts']} prompts of `load_builtin_task("arithmetic", "test", n={metrics['n_prompts']}, seed=0)`,
+up to {EVAL_MAX_NEW_TOKENS} new tokens:
+
+| metric | value |
+|---|---|
+| greedy pass@1 | {metrics['greedy_pass@1']:.3f} |
+| sampled pass@1 (T=1.0, top_p=1.0, mean over {k} samples/prompt) | {metrics['sampled_pass@1']:.3f} |
+| pass@{k} (any of {k} samples correct) | {metrics[f'pass@{k}']:.3f} |
+| well-formed samples (1-4 digits then `<eos>`) | {metrics['well_formed_frac']:.3f} |
+
+The gap between sampled pass@1 and pass@{k} / greedy is the room RL has to sharpen the policy.
+
+| prompt | answer | greedy | samples |
+|---|---|---|---|
+{ex}
+
+## Loading (offline)
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained("data/tiny-arith")
+model = AutoModelForCausalLM.from_pretrained("data/tiny-arith")
+enc = tok(["47+385="], return_tensors="pt")
+out = model.generate(**enc, do_sample=False, max_new_tokens=8)
+print(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+"""
+    (out / "README.md").write_text(card)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: data/tiny-arith)")
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"pre-training steps (default {DEFAULT_STEPS})")
+    ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"seed (default {DEFAULT_SEED})")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: reproducible across machines)")
+    ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (the card then omits it)")
+    args = ap.parse_args(argv)
+
+    t_start = time.time()
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    out = Path(args.out)
+    try:
+        args.out_display = str(out.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        args.out_display = str(out)
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, args.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params:,} parameters, vocab {len(tokenizer)}", flush=True)
+
+    final_loss = pretrain(model, tokenizer, args.steps, args.seed)
+    train_s = time.time() - t_start
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+    if args.no_eval:
+        print(f"saved to {out} (no eval) in {train_s:.0f}s")
+        return 0
+    metrics = evaluate(model, tokenizer, seed=args.seed)
+    metrics["vocab_size"] = len(tokenizer)
+    build_s = time.time() - t_start
+    print(json.dumps({k: v for k, v in metrics.items() if k != "examples"}, indent=2))
+    for e in metrics["examples"]:
+        print(e)
+    write_card(out, args=args, n_params=n_params, metrics=metrics, build_s=build_s, final_loss=final_loss)
+    print(f"saved to {out}; build time {build_s:.0f}s (training {train_s:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

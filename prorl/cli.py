@@ -1,0 +1,99 @@
+"""Command line: a thin layer over `prorl.Config` and `prorl.Trainer`.
+
+    prorl train [--config FILE.yaml] [--OPTION VALUE ...]
+    python -m prorl train ...            (also under `accelerate launch -m prorl train ...`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import sys
+import typing
+
+from .config import Config, ConfigError, _field_types, _unwrap_optional, load_config, option_table
+
+EXIT_USAGE = 2
+EXIT_ABORTED = 3
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what, and how to fix) with exit code 2."""
+
+    def error(self, message: str):
+        if "unrecognized arguments" in message:
+            unknown = message.split(":", 1)[1].split()
+            flag = next((u for u in unknown if u.startswith("--")), unknown[0])
+            near = difflib.get_close_matches(flag.lstrip("-").split("=")[0], [f.name for f in _options()], n=1)
+            hint = f" (did you mean --{near[0]}?)" if near else ""
+            message = f"unknown option {flag}{hint}; `prorl {self.prog.split()[-1]} --help` lists them"
+        sys.stderr.write(f"prorl: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _options():
+    import dataclasses
+
+    return dataclasses.fields(Config)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    types_ = _field_types()
+    group = parser.add_argument_group("options (YAML keys; the command line wins over --config)")
+    for name, tname, default, help_ in option_table():
+        base, _ = _unwrap_optional(types_[name])
+        kw: dict = {"default": argparse.SUPPRESS, "help": f"{help_} [{tname}, default {default}]", "metavar": "VALUE"}
+        if base is bool:
+            kw.update(nargs="?", const="true")
+        elif typing.get_origin(base) is list:
+            kw.update(nargs="+")
+        group.add_argument(f"--{name}", **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="prorl", description="ProRL / GRPO reinforcement learning from verifiable rewards.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    train = sub.add_parser("train", help="train a policy", description="Train a causal LM with the ProRL recipe.")
+    train.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (see launch/recipes/)")
+    _add_config_options(train)
+    return parser
+
+
+def parse_train_args(argv: list[str]) -> Config:
+    args = vars(build_parser().parse_args(["train", *argv]))
+    config_file = args.pop("config", None)
+    args.pop("command", None)
+    overrides = {}
+    for key, value in args.items():
+        overrides[key] = value
+    return load_config(config_file, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else EXIT_USAGE
+    command = argv[0]
+    if command not in ("train",):
+        parser.parse_args(argv)  # prints the one-line error
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .rewards import RewardConfigError
+    from .trainer import Trainer, TrainingAborted
+
+    try:
+        cfg = parse_train_args(argv[1:])
+        Trainer(cfg).train()
+    except (ConfigError, RewardConfigError) as e:
+        sys.stderr.write(f"prorl: error: {e}\n")
+        return EXIT_USAGE
+    except TrainingAborted as e:
+        sys.stderr.write(f"prorl: aborted: {e}\n")
+        return EXIT_ABORTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

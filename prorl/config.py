@@ -1,0 +1,295 @@
+"""The one config tree: a typed dataclass, filled from defaults, a YAML file and CLI overrides.
+
+Every field carries a one-line help text (``metadata["help"]``) that ``prorl train --help`` and the
+README's configuration reference are generated from, and ``Config.validate`` stops a bad run at
+start with one line naming the option and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration; the CLI prints it as one line and exits with code 2."""
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, **kw):
+    """A config field with its help text (and allowed values, checked by ``validate``)."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+# The embedded default model, resolved relative to the checkout so `prorl train` works from anywhere.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = "data/tiny-arith"
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
+ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+POLICY_LOSSES = ("ppo_clip", "gspo", "cispo")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class Config:
+    # --- model and data ---
+    model_name_or_path: str = opt(DEFAULT_MODEL, "Hub model id or local folder of the policy (a causal LM).")
+    tokenizer_name_or_path: str | None = opt(None, "Tokenizer to use; defaults to model_name_or_path.")
+    dataset: str | None = opt(None, "Prompt source: a .txt/.jsonl/.json/.csv/.parquet file, a save_to_disk folder, a Hub dataset name, or builtin:NAME. Empty = built-in sample task.")
+    dataset_config: str | None = opt(None, "Hub dataset configuration name (e.g. 'main' for gsm8k).")
+    dataset_split: str = opt("train", "Dataset split to train on.")
+    data_files: str | None = opt(None, "data_files pattern passed to datasets.load_dataset (glob or path).")
+    prompt_column: str = opt("prompt", "Column holding the prompt text (other columns go to reward functions).")
+    max_prompts: int | None = opt(None, "Use at most this many prompts from the dataset (after shuffling).")
+    chat_template: bool = opt(False, "Render prompts with the tokenizer's chat template (as a user message).")
+    system_prompt: str | None = opt(None, "System message prepended when chat_template is on.")
+    max_prompt_length: int = opt(512, "Prompts longer than this many tokens are truncated from the left (with a warning).")
+
+    # --- rewards ---
+    reward_funcs: list[str] = opt(["exact_match"], "Reward functions: built-in names, 'module:function' or 'path/file.py:function'.")
+    reward_weights: list[float] | None = opt(None, "One weight per reward function (default 1.0 each).")
+    reward_kwargs: dict[str, dict] = opt({}, "Keyword arguments for parametrised built-in rewards, keyed by reward name.")
+    reward_fallback: float = opt(0.0, "Reward given to a sample whose reward function raised, hung or returned a bad value.")
+    reward_strict: bool = opt(False, "Make reward-function faults fatal (for debugging) instead of using the fallback.")
+    reward_timeout: float = opt(120.0, "Seconds a reward-function call may take before its samples get the fallback.")
+
+    # --- batch shape ---
+    n_epochs: int = opt(1, "Passes over the prompt dataset (ignored when max_steps is set).")
+    max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides n_epochs).")
+    batch_size: int = opt(8, "Prompts per optimizer step for the WHOLE job (all processes together).")
+    n_samples: int = opt(8, "Completions sampled per prompt (the group size); at least 2.")
+    micro_batch_size: int = opt(16, "Completions per forward/backward pass on each process (gradient accumulation inside a step; does not change the result).")
+    updates_per_batch: int = opt(1, "Passes (PPO epochs) over each rollout batch; more than one update uses the stored old log-probs and the clip becomes active.")
+    mini_batches: int = opt(1, "Optimizer steps per pass: the rollout batch is split into this many mini-batches (ProRL: 256 prompts / 64 = 4).")
+
+    # --- sampling ---
+    max_length: int = opt(256, "Maximum new tokens per completion.")
+    temperature: float = opt(1.0, "Sampling temperature (also used for the training log-probs).")
+    top_p: float = opt(1.0, "Nucleus sampling: keep the smallest token set with this probability mass.")
+    top_k: int = opt(0, "Keep only the k most likely tokens when sampling (0 = off).")
+
+    # --- objective ---
+    advantage: str = opt("grpo", "Advantage estimator.", choices=ADVANTAGES)
+    policy_loss: str = opt("ppo_clip", "Policy-gradient loss.", choices=POLICY_LOSSES)
+    eps_low: float | None = opt(None, "Lower clip bound: the ratio is clipped at 1 - eps_low (unset = the loss's own default: ppo_clip 0.2, gspo 3e-4, cispo none).")
+    eps_high: float | None = opt(None, "Upper clip bound, decoupled from eps_low (DAPO 'clip-higher'; unset = ppo_clip 0.2, gspo 4e-4, cispo 0.28).")
+    dual_clip: float | None = opt(None, "Dual-clip constant c > 1 capping the loss of negative-advantage tokens (None = off).")
+    loss_agg: str = opt("token_mean", "Loss aggregation: token_mean (DAPO), seq_mean_token_mean (GRPO), seq_mean_token_sum, seq_mean_token_sum_norm (Dr. GRPO).", choices=AGGREGATIONS)
+    kl_beta: float = opt(0.04, "Weight of the KL penalty to the reference policy (0 = no reference model).")
+    kl_estimator: str = opt("k3", "KL estimator (Schulman's k1, k2 or k3).", choices=KL_ESTIMATORS)
+    skip_zero_signal: bool = opt(True, "Skip groups whose rewards are all equal (they carry no policy-gradient signal).")
+
+    # --- reference policy (ProRL) ---
+    ref_reset_every: int = opt(0, "Reset the reference policy to the current policy every K steps (0 = never).")
+    ref_reset_optimizer: bool = opt(True, "Also reset the optimizer state when the reference is reset (as in ProRL).")
+
+    # --- optimisation ---
+    learning_rate: float = opt(1e-6, "AdamW learning rate.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    adam_beta1: float = opt(0.9, "AdamW beta1.")
+    adam_beta2: float = opt(0.999, "AdamW beta2.")
+    warmup_steps: int = opt(0, "Linear learning-rate warm-up steps (then constant).")
+    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this value (0 = no clipping).")
+    max_bad_steps: int = opt(10, "Abort after this many consecutive steps with non-finite loss or gradients.")
+
+    # --- precision and reproducibility ---
+    dtype: str = opt("float32", "Parameter dtype for training (float32 is the default and the tested path).", choices=DTYPES)
+    seed: int = opt(42, "Seed for data order, sampling and initialisation.")
+    deterministic: bool = opt(False, "Use deterministic torch kernels (slower on GPU; bit-exact reruns).")
+
+    # --- output ---
+    output_dir: str = opt("./prorl_checkpoints", "Folder for checkpoints and metrics.jsonl.")
+    save_every: int = opt(200, "Save a checkpoint every N optimizer steps (0 = only at the end).")
+    log_every: int = opt(1, "Print a metrics line every N steps (metrics.jsonl gets every step).")
+    resume: str | None = opt(None, "Resume from 'latest' (newest checkpoint in output_dir) or a checkpoint folder.")
+    progress_bar: bool = opt(True, "Show a progress bar (main process only).")
+
+    # ------------------------------------------------------------------
+    def validate(self) -> "Config":
+        """Check types and ranges; raise ConfigError naming the option and what is allowed."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices is not None and value not in choices:
+                raise ConfigError(f"{f.name}={value!r} is not allowed; choose one of: {', '.join(choices)}")
+
+        def need(cond: bool, name: str, rule: str):
+            if not cond:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {rule}")
+
+        need(self.n_samples >= 2, "n_samples", "must be >= 2 (advantages are normalised within each prompt's group)")
+        need(self.batch_size >= 1, "batch_size", "must be >= 1 prompt per step")
+        need(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
+        need(self.updates_per_batch >= 1, "updates_per_batch", "must be >= 1")
+        need(self.mini_batches >= 1, "mini_batches", "must be >= 1")
+        need(self.n_epochs >= 1, "n_epochs", "must be >= 1")
+        need(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1 (or unset)")
+        need(self.max_length >= 1, "max_length", "must be >= 1 new token")
+        need(self.max_prompt_length >= 1, "max_prompt_length", "must be >= 1 token")
+        need(self.temperature > 0, "temperature", "must be > 0")
+        need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        need(self.top_k >= 0, "top_k", "must be >= 0 (0 = off)")
+        need(self.eps_low is None or 0 <= self.eps_low < 1, "eps_low", "must be in [0, 1) (or unset)")
+        need(self.eps_high is None or self.eps_high >= 0, "eps_high", "must be >= 0 (or unset)")
+        need(self.dual_clip is None or self.policy_loss == "ppo_clip", "dual_clip", "only applies to policy_loss=ppo_clip")
+        need(self.dual_clip is None or self.dual_clip > 1, "dual_clip", "must be > 1 (or unset)")
+        need(self.kl_beta >= 0, "kl_beta", "must be >= 0")
+        need(self.ref_reset_every >= 0, "ref_reset_every", "must be >= 0 (0 = never)")
+        need(self.learning_rate > 0, "learning_rate", "must be > 0")
+        need(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 = no clipping)")
+        need(self.max_bad_steps >= 1, "max_bad_steps", "must be >= 1")
+        need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        need(self.save_every >= 0, "save_every", "must be >= 0 (0 = only at the end)")
+        need(self.log_every >= 1, "log_every", "must be >= 1")
+        need(self.reward_timeout > 0, "reward_timeout", "must be > 0 seconds")
+        need(self.max_prompts is None or self.max_prompts >= 1, "max_prompts", "must be >= 1 (or unset)")
+        need(len(self.reward_funcs) >= 1, "reward_funcs", "name at least one reward function")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ConfigError(
+                f"reward_weights has {len(self.reward_weights)} values but reward_funcs has {len(self.reward_funcs)}: give one weight per function"
+            )
+        return self
+
+    def loss_kwargs(self) -> dict:
+        """Options for `algos.policy_loss`; unset clip bounds fall back to the loss's own defaults."""
+        kw = {"eps_low": self.eps_low, "eps_high": self.eps_high, "dual_clip": self.dual_clip}
+        if self.policy_loss != "ppo_clip":
+            kw.pop("dual_clip")
+        return {k: v for k, v in kw.items() if v is not None}
+
+    def resolved_model_path(self) -> str:
+        """The embedded default lives in the checkout's data/; find it from any working directory."""
+        p = self.model_name_or_path
+        if p == DEFAULT_MODEL and not Path(p).exists() and (REPO_ROOT / p).exists():
+            return str(REPO_ROOT / p)
+        return p
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------
+# Loading: defaults < YAML < CLI, with type coercion and unknown-key errors.
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in fields(Config)}
+
+
+def _unwrap_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _closest(name: str, options) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
+def coerce(name: str, value: Any, tp) -> Any:
+    """Convert a YAML or CLI value to the field's type, or raise ConfigError naming the option."""
+    base, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ConfigError(f"{name} must not be empty")
+    origin = typing.get_origin(base)
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value, 10)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+        if origin is list:
+            (inner,) = typing.get_args(base)
+            if isinstance(value, str):
+                value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            return [coerce(name, v.strip() if isinstance(v, str) else v, inner) for v in value]
+        if origin is dict:
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (ValueError, TypeError, yaml.YAMLError):
+        pass
+    else:
+        return value
+    tname = getattr(base, "__name__", str(base))
+    raise ConfigError(f"{name}={value!r} is not a valid {tname}")
+
+
+def load_config(config_file: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file, then overrides (CLI); validated."""
+    types_ = _field_types()
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of option: value")
+        values.update(loaded)
+    values.update(overrides or {})
+    kwargs = {}
+    for key, value in values.items():
+        if key not in types_:
+            raise ConfigError(f"unknown option '{key}'{_closest(key, types_)}; `prorl train --help` lists them")
+        kwargs[key] = coerce(key, value, types_[key])
+    return Config(**kwargs).validate()
+
+
+def option_table() -> list[tuple[str, str, str, str]]:
+    """(name, type, default, help) for every option, for --help and the README reference."""
+    rows = []
+    types_ = _field_types()
+    for f in fields(Config):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        tp = types_[f.name]
+        tname = str(tp).replace("typing.", "") if not isinstance(tp, type) else tp.__name__
+        help_ = f.metadata["help"]
+        if "choices" in f.metadata:
+            help_ += " One of: " + ", ".join(f.metadata["choices"]) + "."
+        rows.append((f.name, tname, repr(default), help_))
+    return rows

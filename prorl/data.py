@@ -1,0 +1,185 @@
+"""Prompt datasets: load through `datasets`, render prompts, and order them per epoch.
+
+Every process loads the same dataset and derives the same seeded order; which slice of each global
+batch a process takes is decided in ``prorl.dist.local_slice`` so that sharding lives in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import datasets
+import torch
+
+from .config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+_LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_prompt_dataset(cfg: Config) -> datasets.Dataset:
+    """The prompt dataset named by the config, with a string column ``prompt``.
+
+    Accepts a local file (txt: one prompt per line; jsonl/json/csv/parquet), a `save_to_disk` folder,
+    a folder of data files, ``builtin:NAME`` (or nothing: the built-in arithmetic task), or a Hub
+    dataset name with optional config and split.
+    """
+    source = cfg.dataset
+    if source is None or source.startswith("builtin:"):
+        from .tasks import load_builtin_task
+
+        name = "arithmetic" if source is None else source.split(":", 1)[1]
+        try:
+            ds = load_builtin_task(name, split=cfg.dataset_split)
+        except ValueError as e:
+            raise ConfigError(f"dataset={source!r}: {e}") from None
+    else:
+        ds = _load_external(source, cfg)
+    ds = _prompt_column(ds, cfg.prompt_column, source)
+    ds = ds.filter(_non_empty, input_columns="prompt")
+    if len(ds) == 0:
+        raise ConfigError(f"dataset={source!r} has no non-empty prompts in column '{cfg.prompt_column}'")
+    if cfg.max_prompts is not None and len(ds) > cfg.max_prompts:
+        ds = ds.shuffle(seed=cfg.seed).select(range(cfg.max_prompts))
+    return ds
+
+
+def _load_external(source: str, cfg: Config) -> datasets.Dataset:
+    path = Path(source)
+    try:
+        if path.is_file():
+            fmt = _LOCAL_FORMATS.get(path.suffix.lower())
+            if fmt is None:
+                raise ConfigError(f"dataset={source!r}: unsupported file type '{path.suffix}'; use one of {', '.join(_LOCAL_FORMATS)}")
+            if path.stat().st_size == 0:
+                raise ConfigError(f"dataset={source!r} is an empty file")
+            if fmt != "parquet":
+                _check_utf8(path, source)
+            ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+            if fmt == "text":
+                ds = ds.rename_column("text", "prompt") if cfg.prompt_column == "prompt" else ds
+            return ds
+        if path.is_dir():
+            if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+                ds = datasets.load_from_disk(str(path))
+                if isinstance(ds, datasets.DatasetDict):
+                    ds = _pick_split(ds, cfg.dataset_split, source)
+                return ds
+            return datasets.load_dataset(str(path), cfg.dataset_config, data_files=cfg.data_files, split=cfg.dataset_split)
+        if path.suffix.lower() in _LOCAL_FORMATS or os.sep in source and not _looks_like_hub_id(source):
+            raise ConfigError(f"dataset={source!r} not found: give an existing file or folder, or a Hub dataset name")
+        # A Hub dataset name (users online) or a packaged loader such as "json" with data_files.
+        return datasets.load_dataset(source, cfg.dataset_config, data_files=cfg.data_files, split=cfg.dataset_split)
+    except ConfigError:
+        raise
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"dataset={source!r} is not valid UTF-8 ({e.reason} at byte {e.start}); re-encode it as UTF-8") from None
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"dataset={source!r} could not be loaded: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # datasets wraps decode and network errors in many types
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, UnicodeDecodeError) or "utf-8" in msg.lower() or "decode" in msg.lower():
+            raise ConfigError(f"dataset={source!r} is not valid UTF-8; re-encode it as UTF-8") from None
+        raise ConfigError(f"dataset={source!r} could not be loaded ({type(e).__name__}: {msg}); check the name, split and your network") from None
+
+
+def _check_utf8(path: Path, source: str) -> None:
+    """Fail at start, naming the line, rather than deep inside pyarrow mid-run."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                line += chunk[: e.start].count(b"\n")
+                raise ConfigError(f"dataset={source!r} is not valid UTF-8 (line {line}); re-encode the file as UTF-8") from None
+            line += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise ConfigError(f"dataset={source!r} is not valid UTF-8 (truncated at the end); re-encode the file as UTF-8") from None
+
+
+def _non_empty(prompt) -> bool:
+    if isinstance(prompt, str):
+        return prompt.strip() != ""
+    return isinstance(prompt, list) and len(prompt) > 0  # chat messages
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "/"))
+
+
+def _pick_split(dd: datasets.DatasetDict, split: str, source: str) -> datasets.Dataset:
+    if split not in dd:
+        raise ConfigError(f"dataset={source!r} has no split '{split}'; available: {', '.join(dd)} (set dataset_split)")
+    return dd[split]
+
+
+def _prompt_column(ds: datasets.Dataset, column: str, source) -> datasets.Dataset:
+    if column not in ds.column_names:
+        raise ConfigError(
+            f"dataset={source!r} has no column '{column}'; columns are: {', '.join(ds.column_names)} (set prompt_column)"
+        )
+    if column != "prompt":
+        if "prompt" in ds.column_names:
+            ds = ds.rename_column("prompt", "prompt_original")
+        ds = ds.rename_column(column, "prompt")
+    return ds
+
+
+def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
+    """The dataset order of one epoch: a permutation that depends only on (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def steps_per_epoch(n_prompts: int, batch_size: int) -> int:
+    """Full global batches per epoch; the remainder (n % batch_size prompts) is left out of that epoch.
+
+    The order is reshuffled every epoch, so a prompt left out in one epoch is seen in the others.
+    """
+    return n_prompts // batch_size
+
+
+def render_prompts(prompts: list, tokenizer, cfg: Config) -> list[str]:
+    """Apply the chat template when asked; chat-formatted rows (lists of messages) always use it."""
+    out = []
+    for p in prompts:
+        if isinstance(p, list) or cfg.chat_template:
+            messages = p if isinstance(p, list) else [{"role": "user", "content": p}]
+            if cfg.system_prompt and not any(m.get("role") == "system" for m in messages):
+                messages = [{"role": "system", "content": cfg.system_prompt}] + list(messages)
+            if getattr(tokenizer, "chat_template", None) is None:
+                raise ConfigError(
+                    "chat_template=true but the tokenizer has no chat template; set chat_template=false or use a chat model"
+                )
+            out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        else:
+            out.append(p)
+    return out
+
+
+def tokenize_prompts(tokenizer, prompts: list[str], max_prompt_length: int, *, add_special_tokens: bool = True):
+    """Left-padded prompt ids and mask [P, L], keeping the LAST max_prompt_length tokens of each
+    prompt (the end holds the question and the generation cue). Returns (ids, mask, n_truncated).
+    add_special_tokens=False for chat-rendered prompts, which already hold BOS and friends."""
+    encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    too_long = sum(len(e) > max_prompt_length for e in encoded)
+    encoded = [e[-max_prompt_length:] for e in encoded]
+    width = max((len(e) for e in encoded), default=1) or 1
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        if e:
+            ids[i, width - len(e) :] = torch.tensor(e)
+            mask[i, width - len(e) :] = 1
+    return ids, mask, too_long

@@ -1,0 +1,103 @@
+"""Evaluation: pass@k with the unbiased estimator, mean reward and lengths, on any model.
+
+    prorl eval --model DIR_OR_HUB_ID --dataset ... [--k 1,4,16] [--n 16]
+
+Works on one process or under `accelerate launch` (prompts are sharded, counts gathered). A sample
+counts as correct when its total reward is >= `threshold` (1.0: a fully correct answer for the
+built-in checkers, whose rewards lie in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import dist
+from .rollout import generate, sample_keys
+
+EVAL_STEP_KEY = 0x7FFF_FFFF  # sampling-key "step" for evaluation: never collides with a training step
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021, eq. 1): 1 - C(n-c, k) / C(n, k), for n samples of which c pass."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per prompt, got n={n}")
+    if n - c < k:
+        return 1.0
+    # the product form avoids huge binomials
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    columns: dict[str, list],
+    rewards,
+    *,
+    acc,
+    n: int,
+    ks: list[int],
+    max_length: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    batch_prompts: int = 16,
+    threshold: float = 1.0,
+    tokenize=None,
+    eos_token_ids: list[int],
+) -> dict:
+    """Sample n completions for each prompt (sharded over processes) and score them.
+
+    prompts: the full evaluation set (already rendered); columns: its reward columns.
+    Returns {"pass@k": ..., "reward_mean", "completion_len_mean", "n_prompts", "n_samples"}.
+    """
+    bad = [k for k in ks if k > n]
+    if bad:
+        raise ValueError(f"k={bad} larger than n={n} samples per prompt; raise n or drop those k")
+    share = list(range(len(prompts)))[acc.process_index :: acc.num_processes]
+    correct, reward_sum, length_sum = [], 0.0, 0.0
+    for start in range(0, len(share), batch_prompts):
+        idx = share[start : start + batch_prompts]
+        ids, mask = tokenize([prompts[i] for i in idx])
+        pidx = torch.tensor(idx, device=ids.device).repeat_interleave(n)
+        sidx = torch.arange(n, device=ids.device).repeat(len(idx))
+        ro = generate(
+            model, ids, mask, n_samples=n, keys=sample_keys(seed, EVAL_STEP_KEY, pidx, sidx), max_new_tokens=max_length,
+            eos_token_ids=eos_token_ids, pad_token_id=tokenizer.pad_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
+        )
+        lengths = ro.completion_mask.sum(1)
+        texts = tokenizer.batch_decode(
+            [row[: int(L)] for row, L in zip(ro.completion_ids.tolist(), lengths.tolist())], skip_special_tokens=True
+        )
+        cols = {c: [v[i] for i in idx for _ in range(n)] for c, v in columns.items()}
+        out = rewards([prompts[i] for i in idx for _ in range(n)], texts, cols,
+                      completion_lengths=lengths.tolist(), truncated=ro.truncated.tolist(), max_length=max_length)
+        total = torch.tensor(out.total, dtype=torch.float64)
+        correct += (total >= threshold).view(len(idx), n).sum(1).tolist()
+        reward_sum += float(total.sum())
+        length_sum += float(lengths.sum())
+    device = acc.device
+    counts = dist.gather_varlen(acc, torch.tensor(correct, dtype=torch.long, device=device))
+    sums = dist.global_sum(acc, torch.tensor([reward_sum, length_sum], dtype=torch.float64, device=device))
+    total_samples = len(prompts) * n
+    result = {f"pass@{k}": sum(pass_at_k(n, int(c), k) for c in counts.tolist()) / max(len(prompts), 1) for k in ks}
+    result.update(
+        reward_mean=float(sums[0]) / max(total_samples, 1),
+        completion_len_mean=float(sums[1]) / max(total_samples, 1),
+        n_prompts=len(prompts),
+        n_samples=n,
+    )
+    return result
+
+
+def format_table(result: dict) -> str:
+    keys = [k for k in result if k.startswith("pass@")] + ["reward_mean", "completion_len_mean"]
+    width = max(len(k) for k in keys)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    lines += [f"{k:<{width}}  {result[k]:.4f}" for k in keys]
+    lines.append(f"({result['n_prompts']} prompts x {result['n_samples']} samples)")
+    return "\n".join(lines)

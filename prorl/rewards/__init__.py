@@ -1,0 +1,36 @@
+"""Reward functions for RL from verifiable rewards, and their robust execution.
+
+    from prorl.rewards import build_rewards
+    rewards = build_rewards(["math", "format"], weights=[1.0, 0.2])
+    out = rewards(prompts, completions, {"answer": answers},
+                  completion_lengths=lengths, truncated=truncated, max_length=1024)
+    out.total, out.per_func, out.faults, out.first_error
+
+Built-ins: exact_match, math, code, code_heuristic, format, length_penalty, overlong.
+"""
+
+from .base import (
+    RewardConfigError,
+    RewardError,
+    RewardOutput,
+    Rewards,
+    build_rewards,
+    builtin_names,
+    cancellation_event,
+)
+
+# Importing these registers their built-ins.
+from . import code, math, shaping  # noqa: E402,F401  (isort: skip)
+from .sandbox import SandboxResult, run_python
+
+__all__ = [
+    "RewardConfigError",
+    "RewardError",
+    "RewardOutput",
+    "Rewards",
+    "SandboxResult",
+    "build_rewards",
+    "builtin_names",
+    "cancellation_event",
+    "run_python",
+]

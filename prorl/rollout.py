@@ -1,0 +1,252 @@
+"""Rollout: sample a group of completions per prompt, keeping per-token log-probs.
+
+Why our own sampling loop instead of `model.generate`:
+- randomness is keyed by (seed, step, prompt index, sample index) through a counter-based hash, so
+  a completion does not depend on which process or batch row generated it (world-size invariance);
+- each prompt is pre-filled once and its KV cache shared by its n samples;
+- logits are sanitised every step, so `inf`/`nan` can never reach the sampler.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, LogitsProcessor
+
+_M32 = 0xFFFFFFFF
+
+
+# ----------------------------------------------------------------------
+# NaN-safe logits
+
+def sanitize_logits(logits: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Turn every row into a valid distribution's logits; returns (logits, number of rows repaired).
+
+    logits: [B, V] float. NaN entries become -inf (never sampled). A row with any +inf becomes
+    uniform over its +inf entries (their limit). A row with no finite entry left becomes uniform.
+    (transformers' InfNanRemoveLogitsProcessor maps NaN to 0.0, which gives broken tokens real
+    probability mass; here they get none.)
+    """
+    bad = ~torch.isfinite(logits)
+    if not bool(bad.any()):
+        return logits, 0
+    rows = bad.any(dim=-1)
+    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+    out = torch.where(torch.isnan(logits), neg_inf, logits)
+    posinf = out == float("inf")
+    has_posinf = posinf.any(dim=-1, keepdim=True)
+    out = torch.where(has_posinf, torch.where(posinf, torch.zeros_like(out), neg_inf), out)
+    dead = ~torch.isfinite(out).any(dim=-1, keepdim=True)
+    out = torch.where(dead, torch.zeros_like(out), out)
+    return out, int(rows.sum())
+
+
+class NanSafeLogitsProcessor(LogitsProcessor):
+    """`sanitize_logits` as a transformers LogitsProcessor, for use with `model.generate`."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return sanitize_logits(scores)[0]
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Mask (to -inf) tokens outside the top-k set and outside the top-p nucleus. logits: [B, V]."""
+    if top_k and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop_sorted = mass_before >= top_p  # the most likely token always stays (mass_before = 0)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+# ----------------------------------------------------------------------
+# Counter-based randomness: a pure function of (key, step), independent of batch layout.
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer finaliser (lowbias32, C. Wellons) on int64 tensors holding values < 2**32."""
+    x = x & _M32
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def sample_keys(seed: int, step: int, prompt_index: torch.Tensor, sample_index: torch.Tensor) -> torch.Tensor:
+    """One 32-bit key per completion from (seed, step, global prompt index, sample index). [B] int64."""
+    k = _mix32(torch.full_like(prompt_index, (seed * 0x9E3779B1) & _M32) ^ step)
+    k = _mix32(k ^ _mix32(prompt_index))
+    return _mix32(k ^ _mix32(sample_index + 0x632BE5AB))
+
+
+def uniform_from_keys(keys: torch.Tensor, t: int) -> torch.Tensor:
+    """[B] float64 uniforms in (0, 1) with 53 random bits for token position t."""
+    a = _mix32(keys ^ _mix32(torch.full_like(keys, 2 * t + 1)))
+    b = _mix32(a ^ 0x5BD1E995)
+    bits = ((a >> 6) << 27) | (b >> 5)  # 26 + 27 bits
+    return (bits.double() + 0.5) / float(1 << 53)
+
+
+def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: one uniform per row picks a token. logits [B, V] (may hold -inf), uniforms [B]."""
+    probs = torch.softmax(logits.float(), dim=-1).double()
+    cdf = probs.cumsum(dim=-1)
+    target = (uniforms * cdf[:, -1]).unsqueeze(-1)
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=logits.size(-1) - 1)
+    # float round-off can land on a zero-probability token at the very end of the CDF
+    zero = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) <= 0
+    if bool(zero.any()):
+        tokens = torch.where(zero, probs.argmax(dim=-1), tokens)
+    return tokens
+
+
+# ----------------------------------------------------------------------
+# The sampling loop
+
+@dataclass
+class Rollout:
+    """A batch of completions, prompt-major: rows [i*n, (i+1)*n) are prompt i's group."""
+
+    prompt_ids: torch.Tensor  # [B, Lp] left-padded
+    prompt_mask: torch.Tensor  # [B, Lp]
+    completion_ids: torch.Tensor  # [B, Lc] right-padded
+    completion_mask: torch.Tensor  # [B, Lc] 1 for generated tokens (EOS included)
+    logprobs: torch.Tensor  # [B, Lc] sampler log-probs at the sampling temperature (0 on padding)
+    truncated: torch.Tensor  # [B] bool: hit max_new_tokens without EOS
+    repaired_rows: int  # logits rows that held inf/nan and were sanitised
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5 renamed `past_key_values` to `cache`; support both."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _returned_cache(out):
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    n_samples: int,
+    keys: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    logits_hook=None,
+) -> Rollout:
+    """Sample `n_samples` completions for each prompt.
+
+    prompt_ids, prompt_mask: [P, Lp] left-padded prompts. keys: [P * n_samples] int64 sample keys
+    (see `sample_keys`), prompt-major. Returns a `Rollout` with B = P * n_samples rows.
+    `logits_hook(logits) -> logits` lets tests inject faults before sanitising.
+    """
+    device = prompt_ids.device
+    cache_kw = _cache_kwarg(model)
+    P, Lp = prompt_ids.shape
+    B = P * n_samples
+    position = prompt_mask.long().cumsum(-1) - 1
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=position.clamp(min=0),
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_kw: DynamicCache()},
+    )
+    cache = _returned_cache(out)
+    cache.batch_repeat_interleave(n_samples)  # the prompt's KV is computed once, shared by its group
+    logits = out.logits[:, -1, :].repeat_interleave(n_samples, dim=0)
+    attn = prompt_mask.repeat_interleave(n_samples, dim=0)
+    next_pos = position[:, -1:].repeat_interleave(n_samples, dim=0) + 1
+
+    eos = torch.tensor(sorted(set(eos_token_ids)), device=device)
+    tokens_out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    logp_out = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
+    mask_out = torch.zeros((B, max_new_tokens), dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    repaired = 0
+    length = 0
+    for t in range(max_new_tokens):
+        logits = logits.float()
+        if logits_hook is not None:
+            logits = logits_hook(logits)
+        logits, n_bad = sanitize_logits(logits)
+        repaired += n_bad
+        scaled = logits / temperature
+        logp_all = torch.log_softmax(scaled, dim=-1)
+        tok = sample_tokens(filter_logits(scaled, top_k, top_p), uniform_from_keys(keys, t))
+        alive = ~finished
+        tokens_out[:, t] = torch.where(alive, tok, torch.full_like(tok, pad_token_id))
+        logp_out[:, t] = torch.where(alive, logp_all.gather(-1, tok.unsqueeze(-1)).squeeze(-1), torch.zeros_like(logp_out[:, t]))
+        mask_out[:, t] = alive.long()
+        finished = finished | (alive & torch.isin(tok, eos))
+        length = t + 1
+        if bool(finished.all()) or t == max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+        out = model(
+            input_ids=tokens_out[:, t : t + 1],
+            attention_mask=attn,
+            position_ids=next_pos,
+            use_cache=True,
+            **{cache_kw: cache},
+        )
+        cache = _returned_cache(out)
+        logits = out.logits[:, -1, :]
+        next_pos = next_pos + 1
+
+    return Rollout(
+        prompt_ids=prompt_ids.repeat_interleave(n_samples, dim=0),
+        prompt_mask=prompt_mask.repeat_interleave(n_samples, dim=0),
+        completion_ids=tokens_out[:, :length],
+        completion_mask=mask_out[:, :length],
+        logprobs=logp_out[:, :length],
+        truncated=~finished,
+        repaired_rows=repaired,
+    )
+
+
+def completion_logprobs(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+):
+    """Per-token log-probs of the completions under `model` (grad flows if enabled).
+
+    prompt_*: [B, Lp] left-padded; completion_*: [B, Lc] right-padded.
+    Returns logp [B, Lc] (and entropy [B, Lc] when asked). Only the completion positions' logits are
+    materialised (`logits_to_keep`), which keeps memory at B x Lc x V.
+    """
+    from .algos import entropy_from_logits, token_logprobs
+
+    ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    position = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    Lc = completion_ids.size(1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False, logits_to_keep=Lc + 1).logits
+    logits = logits[:, :-1, :]
+    logp = token_logprobs(logits, completion_ids, temperature)
+    if not with_entropy:
+        return logp
+    with torch.no_grad():
+        entropy = entropy_from_logits(logits.detach(), temperature)
+    return logp, entropy

@@ -1,0 +1,506 @@
+"""The training loop: rollout -> rewards -> group advantages -> clipped policy update.
+
+Reads top to bottom as single-process code. The math is in `prorl.algos`, sampling in
+`prorl.rollout`, distributed calls in `prorl.dist`, saving in `prorl.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from . import algos, checkpoint, dist
+from .config import Config, ConfigError
+from .data import epoch_order, load_prompt_dataset, render_prompts, steps_per_epoch, tokenize_prompts
+from .rewards import build_rewards
+from .rollout import completion_logprobs, generate, sample_keys
+
+log = logging.getLogger("prorl")
+
+
+class TrainingAborted(RuntimeError):
+    """Too many consecutive non-finite steps; the message says what to change."""
+
+
+def load_model_and_tokenizer(cfg: Config, path: str | None = None):
+    """The policy and its tokenizer (`path` overrides the config's model, e.g. on resume)."""
+    model_path = path or cfg.resolved_model_path()
+    tok_path = cfg.tokenizer_name_or_path or model_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"tokenizer {tok_path!r} could not be loaded: {str(e).splitlines()[0]}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cfg.dtype))
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"model_name_or_path={model_path!r} could not be loaded as a causal LM: {str(e).splitlines()[0]}"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(f"tokenizer {tok_path!r} has neither a pad nor an eos token; add one to the tokenizer")
+        log.warning("tokenizer has no pad token; using its eos token %r for padding", tokenizer.eos_token)
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()  # dropout off: sampling and training see the same policy (ratio is exactly 1 on-policy)
+    return model, tokenizer
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    ids = set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (gen_eos, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    if not ids:
+        raise ConfigError("neither the model's generation_config nor the tokenizer defines an eos token")
+    return sorted(ids)
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Linear warm-up then constant; a pure function of the step, so resume needs no scheduler state."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    return cfg.learning_rate
+
+
+def set_seed(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def group_advantages(acc, rewards, group_ids, estimator: str, *, skip_zero_signal: bool = True):
+    """Advantages for this process's samples, normalised over whole groups wherever they were sampled.
+
+    rewards, group_ids: [n_local]. Returns (advantages [n_local], keep [n_local] bool,
+    all_rewards [n_global], zero_signal [n_global] bool). Groups whose rewards are all equal carry no
+    signal: with `skip_zero_signal` their samples are dropped (keep=False) and batch-level estimators
+    (reinforce_pp_baseline) do not see them.
+    """
+    all_rewards = dist.gather_varlen(acc, rewards)
+    all_groups = dist.gather_varlen(acc, group_ids)
+    offset = dist.rank_offset(acc, rewards.numel(), rewards.device)
+    mine = slice(offset, offset + rewards.numel())
+    zero_signal = algos.zero_signal_mask(all_rewards, all_groups)
+    used = ~zero_signal if skip_zero_signal else torch.ones_like(zero_signal)
+    all_adv = torch.zeros_like(all_rewards)
+    if bool(used.any()):
+        all_adv[used] = algos.compute_advantages(estimator, all_rewards[used], all_groups[used])
+    return all_adv[mine], used[mine], all_rewards, zero_signal
+
+
+class Trainer:
+    """`Trainer(config, reward_funcs=[...]).train()`.
+
+    reward_funcs: callables `fn(prompts, completions, **columns) -> list[float]` or reward specs
+    (built-in names, 'module:function'); defaults to `config.reward_funcs`.
+    """
+
+    def __init__(self, config: Config, reward_funcs: Sequence[Callable | str] | None = None, accelerator=None):
+        self.cfg = cfg = config.validate()
+        self.acc = accelerator or dist.make_accelerator()
+        _quiet_libraries()
+        set_seed(cfg.seed, cfg.deterministic)
+        self.out_dir = Path(cfg.output_dir)
+
+        resume_path = checkpoint.resolve_resume(cfg.resume, cfg.output_dir) if cfg.resume else None
+        self.model, self.tokenizer = load_model_and_tokenizer(cfg, str(resume_path) if resume_path else None)
+        if resume_path is not None:
+            _check_same_model(cfg, resume_path)
+        self.eos_ids = eos_ids(self.model, self.tokenizer)
+        self.reference = None
+        if cfg.kl_beta > 0:
+            self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
+            if resume_path is not None:
+                checkpoint.load_reference(self.reference, resume_path)
+
+        self.dataset = load_prompt_dataset(cfg)
+        self.columns = [c for c in self.dataset.column_names if c != "prompt"]
+        self.steps_per_epoch = steps_per_epoch(len(self.dataset), cfg.batch_size)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"the dataset has {len(self.dataset)} prompts, fewer than batch_size={cfg.batch_size}; lower batch_size")
+        self.total_steps = cfg.max_steps or cfg.n_epochs * self.steps_per_epoch
+        self.local = dist.local_slice(cfg.batch_size, self.acc)
+
+        specs = list(reward_funcs) if reward_funcs is not None else cfg.reward_funcs
+        self.rewards = build_rewards(
+            specs,
+            cfg.reward_weights,
+            kwargs=cfg.reward_kwargs,
+            fallback=cfg.reward_fallback,
+            strict=cfg.reward_strict,
+            timeout_s=cfg.reward_timeout,
+        )
+
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            weight_decay=cfg.weight_decay,
+        )
+        self.step = 0
+        self.bad_steps = 0  # consecutive non-finite steps
+        self.totals = {"nonfinite_steps": 0, "skipped_groups": 0, "repaired_logit_rows": 0, "ref_resets": 0}
+        if resume_path is not None:
+            self._load_resume_state(resume_path)
+        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        if self.reference is not None:
+            self.reference = dist.prepare_reference(self.acc, self.reference)
+        self.device = self.acc.device
+
+    # ------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg, acc = self.cfg, self.acc
+        if acc.is_main_process:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            _trim_metrics(self.out_dir / "metrics.jsonl", self.step)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress_bar and acc.is_main_process), desc="prorl")
+        last = {}
+        try:
+            while self.step < self.total_steps:
+                last = self.train_step()
+                bar.update(1)
+                bar.set_postfix(reward=f"{last['reward_mean']:.3f}", kl=f"{last['kl']:.4f}")
+                if acc.is_main_process:
+                    with open(self.out_dir / "metrics.jsonl", "a") as fh:
+                        fh.write(json.dumps(last) + "\n")
+                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                        bar.write(_format_line(last))
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                    self.save()
+            self.save()
+        finally:
+            bar.close()
+        acc.end_training()
+        return last
+
+    # ------------------------------------------------------------------
+    def batch_indices(self, step: int) -> list[int]:
+        """Dataset rows of the global batch at `step` (same on every process)."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        order = epoch_order(len(self.dataset), epoch, self.cfg.seed)
+        return order[pos * self.cfg.batch_size : (pos + 1) * self.cfg.batch_size]
+
+    def train_step(self) -> dict:
+        cfg, acc, n = self.cfg, self.acc, self.cfg.n_samples
+        t0 = time.perf_counter()
+        global_rows = self.batch_indices(self.step)
+        rows = global_rows[self.local]
+        batch = self.dataset[rows] if rows else {"prompt": []}
+        prompts = render_prompts(batch["prompt"], self.tokenizer, cfg)
+
+        # 1. rollout
+        prompt_ids, prompt_mask = self._tokenize_prompts(prompts)
+        prompt_index = torch.tensor(rows, device=self.device).repeat_interleave(n)
+        sample_index = torch.arange(n, device=self.device).repeat(len(rows))
+        keys = sample_keys(cfg.seed, self.step, prompt_index, sample_index)
+        with dist.unwrapped_for_generation(acc, self.model) as policy:
+            ro = generate(
+                policy, prompt_ids, prompt_mask, n_samples=n, keys=keys, max_new_tokens=cfg.max_length,
+                eos_token_ids=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id,
+                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+            )
+        t_gen = time.perf_counter() - t0
+        lengths = ro.completion_mask.sum(1)
+        completions = self.tokenizer.batch_decode(
+            [ids[: int(L)] for ids, L in zip(ro.completion_ids.tolist(), lengths.tolist())], skip_special_tokens=True
+        )
+
+        # 2. rewards (local), then advantages over whole groups (global)
+        columns = {c: [v for v in batch[c] for _ in range(n)] for c in self.columns}
+        rep_prompts = [p for p in prompts for _ in range(n)]
+        rw = self.rewards(
+            rep_prompts, completions, columns,
+            completion_lengths=lengths.tolist(), truncated=ro.truncated.tolist(), max_length=cfg.max_length,
+        )
+        rewards = torch.tensor(rw.total, dtype=torch.float32, device=self.device)
+        advantages, keep, all_rewards, zero_signal = group_advantages(
+            acc, rewards, prompt_index, cfg.advantage, skip_zero_signal=cfg.skip_zero_signal
+        )
+        used_count = int(dist.global_sum(acc, keep.sum().reshape(1)))
+
+        # 3. policy update on the kept samples, normalised by GLOBAL counts
+        kept = keep.nonzero().squeeze(-1)
+        upd = self._update(ro, advantages, kept)
+        self.step += 1
+        self._maybe_reset_reference()
+
+        # 4. metrics (global)
+        n_groups = all_rewards.numel() // n
+        skipped = int(zero_signal.sum()) // n
+        self.totals["skipped_groups"] += skipped
+        self.totals["repaired_logit_rows"] += int(dist.global_sum(acc, torch.tensor([ro.repaired_rows], device=self.device)))
+        all_lengths = dist.gather_varlen(acc, lengths.float())
+        all_trunc = dist.gather_varlen(acc, ro.truncated.float())
+        metrics = {
+            "step": self.step,
+            "epoch": (self.step - 1) / self.steps_per_epoch,
+            "loss": upd["loss"],
+            "reward_mean": float(all_rewards.mean()),
+            "reward_std": float(all_rewards.std()) if all_rewards.numel() > 1 else 0.0,
+        }
+        for name, values in rw.per_func.items():
+            v = dist.gather_varlen(acc, torch.tensor(values, dtype=torch.float32, device=self.device))
+            metrics[f"rewards/{name}/mean"] = float(v.mean())
+            metrics[f"rewards/{name}/std"] = float(v.std()) if v.numel() > 1 else 0.0
+        faults = sum(rw.faults.values())
+        metrics.update({
+            "kl": upd["kl"],
+            "clip_frac": upd["clip_frac"],
+            "entropy": upd["entropy"],
+            "grad_norm": upd["grad_norm"],
+            "completion_len_mean": float(all_lengths.mean()),
+            "completion_len_max": float(all_lengths.max()),
+            "truncated_frac": float(all_trunc.mean()),
+            "groups": n_groups,
+            "skipped_groups": skipped,
+            "trained_samples": used_count,
+            "reward_faults": int(dist.global_sum(acc, torch.tensor([faults], device=self.device))),
+            "nonfinite_steps": self.totals["nonfinite_steps"],
+            "repaired_logit_rows": self.totals["repaired_logit_rows"],
+            "ref_resets": self.totals["ref_resets"],
+            "lr": lr_at(self.step - 1, cfg),
+            "step_time": time.perf_counter() - t0,
+            "gen_time": t_gen,
+            "tokens_per_s": float(all_lengths.sum()) / max(time.perf_counter() - t0, 1e-9),
+        })
+        if faults and acc.is_main_process:
+            first = next(iter(m for m in rw.first_error.values() if m), "")
+            log.warning("step %d: %d reward faults (samples got reward_fallback=%s): %s", self.step, faults, cfg.reward_fallback, first)
+        return metrics
+
+    # ------------------------------------------------------------------
+    def _tokenize_prompts(self, prompts: list[str]):
+        ids, mask, too_long = tokenize_prompts(
+            self.tokenizer, prompts, self.cfg.max_prompt_length, add_special_tokens=not self.cfg.chat_template
+        )
+        if too_long and self.acc.is_main_process:
+            log.warning("%d prompt(s) longer than max_prompt_length=%d tokens were truncated from the left", too_long, self.cfg.max_prompt_length)
+        return ids.to(self.device), mask.to(self.device)
+
+    def _micro_batches(self, kept: torch.Tensor) -> list[torch.Tensor]:
+        """Row indices per micro-batch; every process runs the same number of passes (FSDP/DDP need it).
+        A process with fewer kept rows runs zero-weight passes (index tensor empty)."""
+        mb = self.cfg.micro_batch_size
+        local = [kept[i : i + mb] for i in range(0, kept.numel(), mb)]
+        count = int(dist.global_max(self.acc, torch.tensor(len(local), device=self.device)))
+        return local + [kept[:0]] * (count - len(local))
+
+    def _update(self, ro, advantages, kept) -> dict:
+        """`updates_per_batch` passes over the kept samples, each split into `mini_batches` optimizer
+        steps; every step's loss is normalised by that mini-batch's GLOBAL token/sequence counts."""
+        cfg, acc = self.cfg, self.acc
+        fwd = dict(temperature=cfg.temperature)
+
+        def rows(idx):
+            # an empty micro-batch still runs a pass on one row (weight 0) so collectives stay matched
+            return idx if idx.numel() else torch.zeros(1, dtype=torch.long, device=self.device)
+
+        def inputs(idx):
+            r = rows(idx)
+            return ro.prompt_ids[r], ro.prompt_mask[r], ro.completion_ids[r], ro.completion_mask[r]
+
+        plan = []  # (micro-batches, global tokens, global sequences) per mini-batch
+        for chunk in torch.tensor_split(kept, cfg.mini_batches):
+            counts = torch.tensor([float(ro.completion_mask[chunk].sum()), float(chunk.numel())], device=self.device)
+            tokens, seqs = dist.global_sum(acc, counts).tolist()
+            plan.append((self._micro_batches(chunk), tokens, seqs))
+
+        # log-probs of the frozen reference, and of the sampling policy when the update goes off-policy
+        off_policy = cfg.updates_per_batch * cfg.mini_batches > 1
+        ref_logp, old_logp = {}, {}
+        with torch.no_grad():
+            for c, (micro, _, _) in enumerate(plan):
+                for j, idx in enumerate(micro):
+                    if self.reference is not None:
+                        ref_logp[c, j] = completion_logprobs(self.reference, *inputs(idx), **fwd)
+                    if off_policy:
+                        old_logp[c, j] = completion_logprobs(self.model, *inputs(idx), **fwd)
+
+        scale = dist.grad_average_correction(acc)
+        sums = torch.zeros(5, device=self.device)  # loss, kl, clipped, entropy (token sums), tokens
+        norms, n_steps = [], 0
+        for _ in range(cfg.updates_per_batch):
+            for c, (micro, num_tokens, num_seqs) in enumerate(plan):
+                if num_seqs == 0:
+                    continue  # same decision on every process: the counts are global
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr_at(self.step, cfg)
+                self.optimizer.zero_grad(set_to_none=True)
+                for j, idx in enumerate(micro):
+                    args = inputs(idx)
+                    mask = args[3].float() * (1.0 if idx.numel() else 0.0)
+                    last = j == len(micro) - 1
+                    with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                        logp, entropy = completion_logprobs(self.model, *args, with_entropy=True, **fwd)
+                        logp_old = old_logp[c, j] if off_policy else logp.detach()
+                        per_token, clipped = algos.policy_loss(
+                            cfg.policy_loss, logp, logp_old, advantages[rows(idx)], mask, **cfg.loss_kwargs()
+                        )
+                        kl = torch.zeros_like(logp)
+                        if self.reference is not None:
+                            kl = algos.kl_penalty(logp, ref_logp[c, j], cfg.kl_estimator, mask=mask)
+                            per_token = per_token + cfg.kl_beta * kl
+                        loss = algos.aggregate(
+                            per_token, mask, cfg.loss_agg, num_tokens=num_tokens, num_seqs=num_seqs, max_length=cfg.max_length
+                        )
+                        acc.backward(loss * scale)
+                    m = mask.bool()
+                    sums += torch.stack([
+                        loss.detach(),
+                        torch.where(m, kl.detach(), 0).sum(),
+                        torch.where(m, clipped.detach().float(), 0).sum(),
+                        torch.where(m, entropy, 0).sum(),
+                        mask.sum(),
+                    ])
+                norms.append(self._optimizer_step())
+                n_steps += 1
+        sums = dist.global_sum(acc, sums)
+        tokens = max(float(sums[4]), 1.0)
+        return {
+            "loss": float(sums[0]) / max(n_steps, 1),
+            "kl": float(sums[1]) / tokens,
+            "clip_frac": float(sums[2]) / tokens,
+            "entropy": float(sums[3]) / tokens,
+            "grad_norm": max(norms) if norms else 0.0,
+        }
+
+    def _optimizer_step(self) -> float:
+        """Clip and step, unless the gradients are non-finite: then skip, count, and maybe abort."""
+        cfg = self.cfg
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        norm = float(self.acc.clip_grad_norm_(params, max_norm))  # gradients are synced: same on every process
+        if not math.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            self.totals["nonfinite_steps"] += 1
+            log.warning("step %d: non-finite gradients (norm=%s); update skipped (%d in a row)", self.step + 1, norm, self.bad_steps)
+            if self.bad_steps >= cfg.max_bad_steps:
+                raise TrainingAborted(
+                    f"{self.bad_steps} consecutive steps had non-finite loss or gradients; lower learning_rate, "
+                    f"set max_grad_norm, or use dtype=float32 (max_bad_steps={cfg.max_bad_steps})"
+                )
+            return norm
+        self.optimizer.step()
+        self.bad_steps = 0
+        return norm
+
+    def _maybe_reset_reference(self) -> None:
+        """ProRL: periodically make the current policy the new reference (and optionally reset Adam)."""
+        cfg = self.cfg
+        if self.reference is None or not cfg.ref_reset_every or self.step % cfg.ref_reset_every:
+            return
+        dist.copy_policy_into_reference(self.acc, self.model, self.reference)
+        if cfg.ref_reset_optimizer:
+            self.optimizer.state.clear()
+        self.totals["ref_resets"] += 1
+
+    # ------------------------------------------------------------------
+    def save(self) -> Path | None:
+        """Checkpoint the current step (collective: call on every process)."""
+        acc = self.acc
+        acc.wait_for_everyone()
+        model_state = acc.get_state_dict(self.model)
+        optimizer_state = dist.optimizer_state_to_save(acc, self.model, self.optimizer)
+        path = checkpoint.checkpoint_dir(self.out_dir, self.step)
+        if acc.is_main_process:
+            checkpoint.save_checkpoint(
+                path,
+                model=acc.unwrap_model(self.model),
+                model_state=model_state,
+                tokenizer=self.tokenizer,
+                reference=self.reference,
+                optimizer_state=optimizer_state,
+                trainer_state={
+                    "step": self.step,
+                    "epoch": self.step // self.steps_per_epoch,
+                    "step_in_epoch": self.step % self.steps_per_epoch,
+                    "totals": self.totals,
+                    "bad_steps": self.bad_steps,
+                    "num_processes": acc.num_processes,
+                    "model_name_or_path": self.cfg.model_name_or_path,
+                    "model_fingerprint": _fingerprint(acc.unwrap_model(self.model)),
+                    "config": self.cfg.to_dict(),
+                },
+            )
+        acc.wait_for_everyone()
+        return path
+
+    def _load_resume_state(self, path: Path) -> None:
+        state = checkpoint.load_trainer_state(path)
+        self.step = int(state["step"])
+        self.totals.update(state.get("totals", {}))
+        self.bad_steps = int(state.get("bad_steps", 0))
+        opt_state = checkpoint.load_optimizer_state(path)
+        if opt_state is not None:
+            self.optimizer.load_state_dict(opt_state)
+        if self.acc.is_main_process:
+            log.info("resumed from %s at step %d", path, self.step)
+
+
+# ----------------------------------------------------------------------
+
+def _quiet_libraries() -> None:
+    """Our progress bar and metric lines are the output; silence the libraries' per-call bars."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _fingerprint(model) -> str:
+    import hashlib
+
+    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return hashlib.sha256(shapes.encode()).hexdigest()[:16]
+
+
+def _check_same_model(cfg: Config, path: Path) -> None:
+    state = checkpoint.load_trainer_state(path)
+    want = state.get("config", {}).get("model_name_or_path")
+    if want is not None and want != cfg.model_name_or_path:
+        raise ConfigError(
+            f"resume={str(path)!r} was trained from model {want!r}, not {cfg.model_name_or_path!r}; "
+            "set model_name_or_path to match or start a new output_dir"
+        )
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop metric lines past the checkpoint's step so no step appears twice."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    path.write_text("".join(l + "\n" for l in kept))
+
+
+def _format_line(m: dict) -> str:
+    return (
+        f"step {m['step']:>5} | loss {m['loss']:+.4f} | reward {m['reward_mean']:.3f}±{m['reward_std']:.3f} "
+        f"| kl {m['kl']:.4f} | clip {m['clip_frac']:.3f} | ent {m['entropy']:.3f} | len {m['completion_len_mean']:.1f} "
+        f"| skipped {m['skipped_groups']}/{m['groups']} | {m['step_time']:.2f}s"
+    )

@@ -1,0 +1,31 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = REPO / "data" / "tiny-arith"
+SHARED = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    assert (TINY_MODEL / "config.json").exists(), "data/tiny-arith missing: run python data/build_tiny_model.py"
+    return str(TINY_MODEL)
+
+
+def small_run(tmp_path, **overrides):
+    """A few-second training config on the embedded model."""
+    from prorl.config import load_config
+
+    base = dict(
+        model_name_or_path=str(TINY_MODEL), dataset="builtin:arithmetic", max_steps=4, batch_size=4, n_samples=4,
+        micro_batch_size=8, max_length=6, learning_rate=1e-4, kl_beta=0.01, save_every=2,
+        output_dir=str(tmp_path / "out"), progress_bar=False, seed=3,
+    )
+    base.update(overrides)
+    return load_config(None, base)

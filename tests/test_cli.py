@@ -1,0 +1,40 @@
+import subprocess
+import sys
+
+from .conftest import REPO, TINY_MODEL
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "prorl", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_unknown_option_is_one_line_exit_2():
+    r = run("train", "--batchsize", "4")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "prorl: error: unknown option --batchsize (did you mean --batch_size?); `prorl train --help` lists them"
+
+
+def test_invalid_value_is_one_line_exit_2():
+    r = run("train", "--n_samples", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["prorl: error: n_samples=1 is invalid: must be >= 2 (advantages are normalised within each prompt's group)"]
+
+
+def test_missing_model_is_one_line_exit_2(tmp_path):
+    r = run("train", "--model_name_or_path", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o"))
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("prorl: error: ") and "could not be loaded" in last
+
+
+def test_help_lists_options():
+    r = run("train", "--help")
+    assert r.returncode == 0 and "--kl_beta" in r.stdout and "--save_every" in r.stdout
+
+
+def test_cli_trains_with_yaml_and_overrides(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model_name_or_path: {TINY_MODEL}\nbatch_size: 2\nn_samples: 2\nmax_length: 4\nmax_steps: 1\n")
+    r = run("train", "--config", str(cfg), "--output_dir", str(tmp_path / "o"), "--progress_bar", "false")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "o" / "checkpoint-000001" / "model.safetensors").exists()

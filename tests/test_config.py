@@ -1,0 +1,76 @@
+import pytest
+
+from prorl.cli import build_parser, parse_train_args
+from prorl.config import Config, ConfigError, load_config, option_table
+
+
+def test_defaults_are_valid():
+    cfg = load_config()
+    assert cfg.n_samples == 8 and cfg.save_every == 200 and cfg.output_dir == "./prorl_checkpoints"
+    assert cfg.dtype == "float32"
+
+
+def test_yaml_then_cli_precedence(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("batch_size: 4\nlearning_rate: 3.0e-5\nreward_funcs: [exact_match, format]\n")
+    cfg = load_config(f, {"batch_size": "6"})
+    assert cfg.batch_size == 6  # CLI wins
+    assert cfg.learning_rate == pytest.approx(3e-5)  # YAML beats default
+    assert cfg.reward_funcs == ["exact_match", "format"]
+
+
+def test_cli_parses_types():
+    cfg = parse_train_args(["--batch_size", "4", "--kl_beta", "0", "--skip_zero_signal", "false",
+                            "--reward_funcs", "exact_match", "format", "--max_steps", "3", "--resume", "none"])
+    assert (cfg.batch_size, cfg.kl_beta, cfg.skip_zero_signal, cfg.max_steps, cfg.resume) == (4, 0.0, False, 3, None)
+    assert cfg.reward_funcs == ["exact_match", "format"]
+    assert parse_train_args(["--chat_template"]).chat_template is True
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"batchsize": 3}, "unknown option 'batchsize' (did you mean 'batch_size'?)"),
+        ({"batch_size": "four"}, "batch_size='four' is not a valid int"),
+        ({"n_samples": 1}, "n_samples=1 is invalid: must be >= 2"),
+        ({"eps_low": 1.5}, "eps_low=1.5 is invalid"),
+        ({"dual_clip": 3.0, "policy_loss": "gspo"}, "dual_clip=3.0 is invalid: only applies to policy_loss=ppo_clip"),
+        ({"kl_beta": -0.1}, "kl_beta=-0.1 is invalid"),
+        ({"top_p": 0}, "top_p=0.0 is invalid"),
+        ({"loss_agg": "mean"}, "loss_agg='mean' is not allowed; choose one of: token_mean"),
+        ({"reward_weights": [1.0, 2.0]}, "reward_weights has 2 values but reward_funcs has 1"),
+        ({"deterministic": "maybe"}, "deterministic='maybe' is not a valid bool"),
+    ],
+)
+def test_bad_values_name_the_option(overrides, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(bad)
+
+
+def test_help_lists_every_option_with_default(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    out = capsys.readouterr().out
+    for name, _, default, _ in option_table():
+        assert f"--{name}" in out
+    assert "default 200" in out  # save_every
+
+
+def test_recipes_load():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "launch" / "recipes").glob("*.yaml"))
+    assert recipes, "launch/recipes/*.yaml missing"
+    for r in recipes:
+        assert isinstance(load_config(r), Config), r

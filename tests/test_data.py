@@ -1,0 +1,100 @@
+import json
+
+import datasets
+import pytest
+
+from prorl.config import ConfigError, load_config
+from prorl.data import epoch_order, load_prompt_dataset, render_prompts, steps_per_epoch
+
+
+def cfg(**kw):
+    return load_config(None, kw)
+
+
+ROWS = [{"question": f"What is {i}+{i}?", "answer": str(2 * i)} for i in range(6)]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet", "disk"])
+def test_local_formats_keep_columns(tmp_path, fmt):
+    path = tmp_path / f"p.{fmt}"
+    ds = datasets.Dataset.from_list(ROWS)
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    elif fmt == "json":
+        ds.to_json(str(path))
+    elif fmt == "csv":
+        ds.to_csv(str(path), index=False)
+    elif fmt == "parquet":
+        ds.to_parquet(str(path))
+    else:
+        ds.save_to_disk(str(path))
+    out = load_prompt_dataset(cfg(dataset=str(path), prompt_column="question"))
+    assert out["prompt"] == [r["question"] for r in ROWS]
+    assert [str(a) for a in out["answer"]] == [r["answer"] for r in ROWS]
+
+
+def test_txt_one_prompt_per_line_skips_blank(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("write a function\n\n   \nsort a list\n")
+    assert load_prompt_dataset(cfg(dataset=str(path)))["prompt"] == ["write a function", "sort a list"]
+
+
+def test_builtin_default_and_max_prompts():
+    ds = load_prompt_dataset(cfg())
+    assert {"prompt", "answer"} <= set(ds.column_names) and len(ds) > 100
+    assert len(load_prompt_dataset(cfg(max_prompts=10))) == 10
+
+
+@pytest.mark.parametrize(
+    "setup, fragment",
+    [
+        (lambda p: p.write_text(""), "is an empty file"),
+        (lambda p: p.write_text('{"question": "hi"}\n'), "has no column 'prompt'; columns are: question"),
+        (lambda p: p.write_bytes(b'{"prompt": "caf\xe9"}\n'), "UTF-8"),
+        (lambda p: p.write_text('{"prompt": ""}\n{"prompt": "  "}\n'), "no non-empty prompts"),
+    ],
+)
+def test_bad_files_fail_with_one_line(tmp_path, setup, fragment):
+    path = tmp_path / "bad.jsonl"
+    setup(path)
+    with pytest.raises(ConfigError) as e:
+        load_prompt_dataset(cfg(dataset=str(path)))
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_file_and_unknown_builtin(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_prompt_dataset(cfg(dataset=str(tmp_path / "nope.jsonl")))
+    with pytest.raises(ConfigError, match="builtin:nope"):
+        load_prompt_dataset(cfg(dataset="builtin:nope"))
+
+
+def test_epoch_order_is_a_seeded_permutation():
+    a, b = epoch_order(50, 0, 1), epoch_order(50, 1, 1)
+    assert sorted(a) == list(range(50)) and a != b
+    assert a == epoch_order(50, 0, 1) and a != epoch_order(50, 0, 2)
+    assert steps_per_epoch(50, 8) == 6  # the 2 left over are reshuffled into later epochs
+
+
+class _ChatTok:
+    chat_template = "x"
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return "|".join(f"{m['role']}:{m['content']}" for m in messages) + "|assistant:"
+
+
+def test_chat_rendering_with_system_prompt():
+    c = cfg(chat_template=True, system_prompt="be brief")
+    assert render_prompts(["2+2?"], _ChatTok(), c) == ["system:be brief|user:2+2?|assistant:"]
+    # conversational rows use the template even when chat_template is off
+    msgs = [[{"role": "user", "content": "hi"}]]
+    assert render_prompts(msgs, _ChatTok(), cfg()) == ["user:hi|assistant:"]
+    assert render_prompts(["plain"], _ChatTok(), cfg()) == ["plain"]
+
+
+def test_chat_template_missing_is_a_config_error():
+    class NoTemplate:
+        chat_template = None
+
+    with pytest.raises(ConfigError, match="no chat template"):
+        render_prompts(["x"], NoTemplate(), cfg(chat_template=True))

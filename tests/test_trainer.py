@@ -1,0 +1,104 @@
+"""End-to-end runs on the embedded tiny model (a few seconds each)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from prorl import Trainer
+from prorl.config import ConfigError
+
+from .conftest import small_run
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_run_saves_loadable_checkpoints_and_metrics(tmp_path, tiny_model):
+    cfg = small_run(tmp_path)
+    trainer = Trainer(cfg)
+    before = _params(trainer.model)
+    last = trainer.train()
+    out = tmp_path / "out"
+    ckpts = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-000002", "checkpoint-000004"]
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]
+    for key in ("loss", "reward_mean", "reward_std", "kl", "clip_frac", "entropy", "completion_len_mean",
+                "skipped_groups", "step_time", "rewards/exact_match/mean"):
+        assert key in lines[0], key
+    assert last["step"] == 4
+    # the final checkpoint loads with plain transformers and holds the trained weights
+    final = out / "checkpoint-000004"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    AutoTokenizer.from_pretrained(final)
+    after = _params(model)
+    assert any(not torch.equal(before[k], after[k]) for k in before), "training changed nothing"
+    trained = _params(trainer.acc.unwrap_model(trainer.model))
+    assert all(torch.equal(trained[k], after[k]) for k in trained)
+    assert (final / "model.safetensors").exists() and not list(final.glob("*.bin")) and not list(final.glob("*.pt"))
+    ref = load_file(str(final / "reference.safetensors"))
+    assert all(torch.equal(ref[k], before[k]) for k in ref if k in before)  # reference stays frozen
+
+
+def test_resume_continues_exactly(tmp_path, tiny_model):
+    full = Trainer(small_run(tmp_path / "a"))
+    full.train()
+    want = _params(full.acc.unwrap_model(full.model))
+    # stop after step 2 (as if killed after that checkpoint), then resume to 4
+    Trainer(small_run(tmp_path / "b", max_steps=2)).train()
+    resumed = Trainer(small_run(tmp_path / "b", resume="latest"))
+    assert resumed.step == 2
+    resumed.train()
+    got = _params(resumed.acc.unwrap_model(resumed.model))
+    assert all(torch.equal(want[k], got[k]) for k in want), "resume drifted from the uninterrupted run"
+    steps = [json.loads(l)["step"] for l in (tmp_path / "b" / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    a = [json.loads(l)["reward_mean"] for l in (tmp_path / "a" / "out" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(l)["reward_mean"] for l in (tmp_path / "b" / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert a == b
+
+
+def test_same_seed_same_run_and_kl_zero_has_no_reference(tmp_path, tiny_model):
+    t1 = Trainer(small_run(tmp_path / "x", max_steps=2, kl_beta=0.0, save_every=0))
+    assert t1.reference is None
+    m1 = t1.train()
+    m2 = Trainer(small_run(tmp_path / "y", max_steps=2, kl_beta=0.0, save_every=0)).train()
+    assert m1["reward_mean"] == m2["reward_mean"] and m1["loss"] == m2["loss"]
+    assert m1["kl"] == 0.0
+
+
+def test_reference_reset_and_callable_rewards(tmp_path, tiny_model):
+    def count_ones(prompts, completions, **kw):
+        return [float(c.count("1")) for c in completions]
+
+    tr = Trainer(small_run(tmp_path, max_steps=2, ref_reset_every=1, save_every=0), reward_funcs=[count_ones])
+    tr.train()
+    assert tr.totals["ref_resets"] == 2
+    policy = tr.acc.unwrap_model(tr.model).state_dict()
+    assert all(torch.equal(v, tr.reference.state_dict()[k]) for k, v in policy.items())
+    assert not tr.optimizer.state  # ProRL resets the optimizer with the reference
+
+
+def test_nonfinite_gradients_are_skipped_then_abort(tmp_path, tiny_model):
+    from prorl.trainer import TrainingAborted
+
+    tr = Trainer(small_run(tmp_path, max_steps=3, max_bad_steps=2, save_every=0),
+                 reward_funcs=[lambda p, c, **k: [float(len(x)) for x in c]])
+    before = _params(tr.acc.unwrap_model(tr.model))
+    weight = tr.acc.unwrap_model(tr.model).get_input_embeddings().weight
+    weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+    with pytest.raises(TrainingAborted, match="2 consecutive steps had non-finite"):
+        tr.train()
+    after = _params(tr.acc.unwrap_model(tr.model))
+    assert all(torch.equal(before[k], after[k]) for k in before), "a non-finite step was applied"
+    assert tr.totals["nonfinite_steps"] == 2
+
+
+def test_resume_from_another_model_is_refused(tmp_path, tiny_model):
+    Trainer(small_run(tmp_path, max_steps=1)).train()
+    with pytest.raises(ConfigError, match="was trained from model"):
+        Trainer(small_run(tmp_path, model_name_or_path=str(tmp_path / "other"), resume="latest"))
