@@ -57,6 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a policy", description="Train a causal LM with the ProRL recipe.")
     train.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (see launch/recipes/)")
     _add_config_options(train)
+
+    ev = sub.add_parser("eval", help="pass@k of a model", description="Sample n completions per prompt and report "
+                        "pass@k (unbiased estimator), mean reward and lengths, as a table and as JSON. Dataset, reward and "
+                        "sampling options are the training options; dataset_split defaults to 'test'.")
+    ev.add_argument("--model", required=True, help="checkpoint folder or Hub model id")
+    ev.add_argument("--k", default="1", help="comma-separated k values, e.g. 1,4,16 [default 1]")
+    ev.add_argument("--n", type=int, default=None, help="samples per prompt [default: the largest k]")
+    ev.add_argument("--json", metavar="FILE", help="also write the result to this JSON file")
+    ev.add_argument("--config", metavar="FILE.yaml", help="YAML file of options")
+    _add_config_options(ev)
+
+    pl = sub.add_parser("plot", help="PNG charts of a run", description="Write PNG charts of OUTPUT_DIR/metrics.jsonl.")
+    pl.add_argument("output_dir", help="a training run's output_dir")
+    pl.add_argument("--out", help="folder for the PNGs [default OUTPUT_DIR/plots]")
     return parser
 
 
@@ -64,10 +78,45 @@ def parse_train_args(argv: list[str]) -> Config:
     args = vars(build_parser().parse_args(["train", *argv]))
     config_file = args.pop("config", None)
     args.pop("command", None)
-    overrides = {}
-    for key, value in args.items():
-        overrides[key] = value
-    return load_config(config_file, overrides)
+    return load_config(config_file, args)
+
+
+def _eval(argv: list[str]) -> int:
+    import json
+
+    from .evaluate import format_table, run_eval
+
+    args = vars(build_parser().parse_args(["eval", *argv]))
+    try:
+        ks = [int(k) for k in str(args.pop("k")).split(",") if k.strip()]
+    except ValueError:
+        raise ConfigError("--k must be comma-separated integers, e.g. 1,4,16") from None
+    n = args.pop("n") or max(ks)
+    json_path = args.pop("json")
+    config_file = args.pop("config")
+    args.pop("command")
+    args["model_name_or_path"] = args.pop("model")
+    args.setdefault("dataset_split", "test")
+    args.setdefault("progress_bar", False)
+    cfg = load_config(config_file, args)
+    if any(k > n for k in ks) or any(k < 1 for k in ks):
+        raise ConfigError(f"--k {ks}: each k must be between 1 and n={n}")
+    result = run_eval(cfg, ks=ks, n=n)
+    print(format_table(result))
+    print(json.dumps(result))
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0
+
+
+def _plot(argv: list[str]) -> int:
+    from .plot import plot_run
+
+    args = build_parser().parse_args(["plot", *argv])
+    for path in plot_run(args.output_dir, args.out):
+        print(path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,13 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else EXIT_USAGE
     command = argv[0]
-    if command not in ("train",):
+    if command not in ("train", "eval", "plot"):
         parser.parse_args(argv)  # prints the one-line error
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .rewards import RewardConfigError
     from .trainer import Trainer, TrainingAborted
 
     try:
+        if command == "eval":
+            return _eval(argv[1:])
+        if command == "plot":
+            return _plot(argv[1:])
         cfg = parse_train_args(argv[1:])
         Trainer(cfg).train()
     except (ConfigError, RewardConfigError) as e:

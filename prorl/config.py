@@ -110,6 +110,19 @@ class Config:
     seed: int = opt(42, "Seed for data order, sampling and initialisation.")
     deterministic: bool = opt(False, "Use deterministic torch kernels (slower on GPU; bit-exact reruns).")
 
+    # --- evaluation (held-out pass@k during training) ---
+    eval_every: int = opt(0, "Evaluate pass@k on held-out prompts every N steps and before training (0 = off).")
+    eval_dataset: str | None = opt(None, "Held-out prompts (same forms as dataset); unset = the training source's eval_split.")
+    eval_split: str = opt("test", "Split of the evaluation dataset.")
+    eval_max_prompts: int | None = opt(200, "Evaluate on at most this many held-out prompts (seeded subset).")
+    eval_n: int = opt(4, "Samples per held-out prompt (n of pass@k).")
+    eval_k: list[int] = opt([1], "The k values of pass@k to report (each <= eval_n).")
+    eval_temperature: float | None = opt(None, "Sampling temperature for evaluation (unset = temperature).")
+    eval_threshold: float = opt(1.0, "A sample counts as correct when its total reward is >= this.")
+    ref_reset_on_plateau: int = opt(0, "ProRL: also reset the reference when held-out pass@1 has not improved for this many evaluations (0 = off).")
+    sample_every: int = opt(0, "Every N steps, print a few completions and append them to OUTPUT_DIR/samples.jsonl (0 = off).")
+    n_logged_samples: int = opt(4, "Completions per logged step in samples.jsonl (the first is also printed).")
+
     # --- output ---
     output_dir: str = opt("./prorl_checkpoints", "Folder for checkpoints and metrics.jsonl.")
     save_every: int = opt(200, "Save a checkpoint every N optimizer steps (0 = only at the end).")
@@ -154,6 +167,15 @@ class Config:
         need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         need(self.save_every >= 0, "save_every", "must be >= 0 (0 = only at the end)")
         need(self.log_every >= 1, "log_every", "must be >= 1")
+        need(self.eval_every >= 0, "eval_every", "must be >= 0 (0 = off)")
+        need(self.eval_n >= 1, "eval_n", "must be >= 1")
+        need(bool(self.eval_k) and all(1 <= k <= self.eval_n for k in self.eval_k), "eval_k", f"each k must be in [1, eval_n={self.eval_n}]")
+        need(self.eval_max_prompts is None or self.eval_max_prompts >= 1, "eval_max_prompts", "must be >= 1 (or unset)")
+        need(self.eval_temperature is None or self.eval_temperature > 0, "eval_temperature", "must be > 0 (or unset)")
+        need(self.ref_reset_on_plateau >= 0, "ref_reset_on_plateau", "must be >= 0 (0 = off)")
+        need(self.ref_reset_on_plateau == 0 or self.eval_every > 0, "ref_reset_on_plateau", "needs eval_every > 0")
+        need(self.sample_every >= 0, "sample_every", "must be >= 0 (0 = off)")
+        need(self.n_logged_samples >= 1, "n_logged_samples", "must be >= 1")
         need(self.reward_timeout > 0, "reward_timeout", "must be > 0 seconds")
         need(self.max_prompts is None or self.max_prompts >= 1, "max_prompts", "must be >= 1 (or unset)")
         need(len(self.reward_funcs) >= 1, "reward_funcs", "name at least one reward function")
@@ -169,6 +191,12 @@ class Config:
         if self.policy_loss != "ppo_clip":
             kw.pop("dual_clip")
         return {k: v for k, v in kw.items() if v is not None}
+
+    def eval_config(self) -> "Config":
+        """The dataset options of the held-out set, as a Config for `load_prompt_dataset`."""
+        return dataclasses.replace(
+            self, dataset=self.eval_dataset or self.dataset, dataset_split=self.eval_split, max_prompts=self.eval_max_prompts
+        )
 
     def resolved_model_path(self) -> str:
         """The embedded default lives in the checkout's data/; find it from any working directory."""

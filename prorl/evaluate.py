@@ -101,3 +101,33 @@ def format_table(result: dict) -> str:
     lines += [f"{k:<{width}}  {result[k]:.4f}" for k in keys]
     lines.append(f"({result['n_prompts']} prompts x {result['n_samples']} samples)")
     return "\n".join(lines)
+
+
+def run_eval(cfg, *, ks: list[int], n: int) -> dict:
+    """`prorl eval`: load a model (folder or Hub id) and evaluate it on cfg's dataset/split."""
+    from .data import load_prompt_dataset, render_prompts, tokenize_prompts
+    from .rewards import build_rewards
+    from .trainer import _quiet_libraries, eos_ids, load_model_and_tokenizer
+
+    acc = dist.make_accelerator()
+    _quiet_libraries()
+    model, tokenizer = load_model_and_tokenizer(cfg)
+    model.to(acc.device)
+    ds = load_prompt_dataset(cfg)
+    rewards = build_rewards(cfg.reward_funcs, cfg.reward_weights, kwargs=cfg.reward_kwargs, fallback=cfg.reward_fallback,
+                            strict=cfg.reward_strict, timeout_s=cfg.reward_timeout)
+    prompts = render_prompts(ds["prompt"], tokenizer, cfg)
+    columns = {c: ds[c] for c in ds.column_names if c != "prompt"}
+
+    def tokenize(ps):
+        ids, mask, _ = tokenize_prompts(tokenizer, ps, cfg.max_prompt_length, add_special_tokens=not cfg.chat_template)
+        return ids.to(acc.device), mask.to(acc.device)
+
+    result = evaluate(
+        model, tokenizer, prompts, columns, rewards, acc=acc, n=n, ks=ks, max_length=cfg.max_length,
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed, threshold=cfg.eval_threshold,
+        tokenize=tokenize, eos_token_ids=eos_ids(model, tokenizer),
+    )
+    result["model"] = cfg.model_name_or_path
+    acc.end_training()
+    return result

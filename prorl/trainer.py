@@ -131,6 +131,8 @@ class Trainer:
                 checkpoint.load_reference(self.reference, resume_path)
 
         self.dataset = load_prompt_dataset(cfg)
+        self.eval_set = load_prompt_dataset(cfg.eval_config()) if cfg.eval_every else None
+        self.best_eval, self.evals_since_best = -1.0, 0
         self.columns = [c for c in self.dataset.column_names if c != "prompt"]
         self.steps_per_epoch = steps_per_epoch(len(self.dataset), cfg.batch_size)
         if self.steps_per_epoch == 0:
@@ -173,15 +175,24 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress_bar and acc.is_main_process), desc="prorl")
         last = {}
         try:
+            if self.eval_set is not None and self.step == 0:
+                baseline = {"step": 0, **self.evaluate_heldout()}
+                self._append_metrics(baseline)
+                if acc.is_main_process:
+                    bar.write(_format_eval(baseline))
             while self.step < self.total_steps:
                 last = self.train_step()
+                if self.eval_set is not None and self.step % cfg.eval_every == 0:
+                    last.update(self.evaluate_heldout())
+                    if acc.is_main_process:
+                        bar.write(_format_eval(last))
                 bar.update(1)
                 bar.set_postfix(reward=f"{last['reward_mean']:.3f}", kl=f"{last['kl']:.4f}")
-                if acc.is_main_process:
-                    with open(self.out_dir / "metrics.jsonl", "a") as fh:
-                        fh.write(json.dumps(last) + "\n")
-                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                        bar.write(_format_line(last))
+                self._append_metrics(last)
+                if acc.is_main_process and (self.step % cfg.log_every == 0 or self.step == self.total_steps):
+                    bar.write(_format_line(last))
+                if acc.is_main_process and cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self._log_samples(bar)
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     self.save()
             self.save()
@@ -189,6 +200,47 @@ class Trainer:
             bar.close()
         acc.end_training()
         return last
+
+    def _append_metrics(self, metrics: dict) -> None:
+        if self.acc.is_main_process:
+            with open(self.out_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+
+    def _log_samples(self, bar) -> None:
+        rows = [
+            {"step": self.step, "prompt": p, "completion": c, "reward": r}
+            for p, c, r in list(zip(*self._last_samples))[: self.cfg.n_logged_samples]
+        ]
+        with open(self.out_dir / "samples.jsonl", "a") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in rows)
+        if rows:
+            bar.write(f"sample @ step {self.step}: {rows[0]['prompt']!r} -> {rows[0]['completion']!r} (reward {rows[0]['reward']:.3f})")
+
+    def evaluate_heldout(self) -> dict:
+        """pass@k, mean reward and length on the held-out prompts; may trigger a plateau reset."""
+        from .evaluate import evaluate
+
+        cfg = self.cfg
+        prompts = render_prompts(self.eval_set["prompt"], self.tokenizer, cfg)
+        columns = {c: self.eval_set[c] for c in self.eval_set.column_names if c != "prompt"}
+        with dist.unwrapped_for_generation(self.acc, self.model) as policy:
+            result = evaluate(
+                policy, self.tokenizer, prompts, columns, self.rewards, acc=self.acc, n=cfg.eval_n, ks=cfg.eval_k,
+                max_length=cfg.max_length, temperature=cfg.eval_temperature or cfg.temperature, top_p=cfg.top_p,
+                top_k=cfg.top_k, seed=cfg.seed, threshold=cfg.eval_threshold, eos_token_ids=self.eos_ids,
+                tokenize=lambda ps: self._tokenize_prompts(ps),
+            )
+        metrics = {f"eval/{k}": v for k, v in result.items() if k not in ("n_prompts", "n_samples")}
+        score = result.get("pass@1", result[f"pass@{cfg.eval_k[0]}"])
+        if score > self.best_eval:
+            self.best_eval, self.evals_since_best = score, 0
+        else:
+            self.evals_since_best += 1
+            if cfg.ref_reset_on_plateau and self.evals_since_best >= cfg.ref_reset_on_plateau and self.step > 0:
+                self._reset_reference()
+                self.evals_since_best = 0
+                metrics["ref_reset"] = True
+        return metrics
 
     # ------------------------------------------------------------------
     def batch_indices(self, step: int) -> list[int]:
@@ -239,7 +291,9 @@ class Trainer:
         kept = keep.nonzero().squeeze(-1)
         upd = self._update(ro, advantages, kept)
         self.step += 1
-        self._maybe_reset_reference()
+        reset = self._maybe_reset_reference()
+
+        self._last_samples = (rep_prompts, completions, rw.total)
 
         # 4. metrics (global)
         n_groups = all_rewards.numel() // n
@@ -275,6 +329,7 @@ class Trainer:
             "nonfinite_steps": self.totals["nonfinite_steps"],
             "repaired_logit_rows": self.totals["repaired_logit_rows"],
             "ref_resets": self.totals["ref_resets"],
+            "ref_reset": reset,
             "lr": lr_at(self.step - 1, cfg),
             "step_time": time.perf_counter() - t0,
             "gen_time": t_gen,
@@ -406,9 +461,15 @@ class Trainer:
         """ProRL: periodically make the current policy the new reference (and optionally reset Adam)."""
         cfg = self.cfg
         if self.reference is None or not cfg.ref_reset_every or self.step % cfg.ref_reset_every:
+            return False
+        self._reset_reference()
+        return True
+
+    def _reset_reference(self) -> None:
+        if self.reference is None:
             return
         dist.copy_policy_into_reference(self.acc, self.model, self.reference)
-        if cfg.ref_reset_optimizer:
+        if self.cfg.ref_reset_optimizer:
             self.optimizer.state.clear()
         self.totals["ref_resets"] += 1
 
@@ -434,6 +495,8 @@ class Trainer:
                     "step_in_epoch": self.step % self.steps_per_epoch,
                     "totals": self.totals,
                     "bad_steps": self.bad_steps,
+                    "best_eval": self.best_eval,
+                    "evals_since_best": self.evals_since_best,
                     "num_processes": acc.num_processes,
                     "model_name_or_path": self.cfg.model_name_or_path,
                     "model_fingerprint": _fingerprint(acc.unwrap_model(self.model)),
@@ -448,6 +511,8 @@ class Trainer:
         self.step = int(state["step"])
         self.totals.update(state.get("totals", {}))
         self.bad_steps = int(state.get("bad_steps", 0))
+        self.best_eval = float(state.get("best_eval", -1.0))
+        self.evals_since_best = int(state.get("evals_since_best", 0))
         opt_state = checkpoint.load_optimizer_state(path)
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)
@@ -496,6 +561,11 @@ def _trim_metrics(path: Path, step: int) -> None:
         except json.JSONDecodeError:
             continue  # a line cut by a crash
     path.write_text("".join(l + "\n" for l in kept))
+
+
+def _format_eval(m: dict) -> str:
+    parts = [f"{k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("eval/")]
+    return f"eval  @ step {m['step']:>4} | " + " | ".join(parts) + (" | reference reset" if m.get("ref_reset") else "")
 
 
 def _format_line(m: dict) -> str:

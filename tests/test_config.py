@@ -74,3 +74,12 @@ def test_recipes_load():
     assert recipes, "launch/recipes/*.yaml missing"
     for r in recipes:
         assert isinstance(load_config(r), Config), r
+
+
+def test_readme_config_reference_is_current():
+    from prorl.config import REPO_ROOT
+    from prorl.docs import END, START, config_reference
+
+    text = (REPO_ROOT / "README.md").read_text()
+    current = text.split(START, 1)[1].split(END, 1)[0].strip()
+    assert current == config_reference(), "README config reference is stale: run `python -m prorl.docs --write`"
