@@ -3,8 +3,9 @@
 
 Runs fully offline on CPU, deterministically for a given ``--seed`` (and machine)::
 
-    python data/build_tiny_model.py                      # -> data/tiny-arith/
-    python data/build_tiny_model.py --out /tmp/m --steps 900 --seed 0
+    python data/build_tiny_model.py                      # -> data/tiny-arith/ (the shipped model)
+    python data/build_tiny_model.py --out /tmp/m --seed 1 # another seed elsewhere
+    python data/build_tiny_model.py --out /tmp/m --steps 600   # exactly 600 steps, no early stop
 
 Steps:
 
@@ -15,13 +16,19 @@ Steps:
 2. a small ``LlamaForCausalLM`` (~0.9M parameters, tied embeddings) initialised from ``--seed``;
 3. supervised next-token pre-training from scratch on train-split problems of the built-in
    ``arithmetic`` task (``prorl.tasks``): sequence ``"47+385=432<eos>"``, loss on ``"432<eos>"`` only,
-   for a deliberately small fixed budget (``--steps``) so the skill is only partly learned;
-4. evaluation on the held-out split (greedy pass@1, sampled pass@1 at T=1.0 and pass@16 over 16
-   samples per prompt), then ``save_pretrained`` (safetensors) of model + tokenizer and a model card
-   ``README.md`` with the numbers.
+   with a deliberately small budget so the skill is only partly learned: a cosine learning-rate
+   schedule over ``MAX_STEPS`` steps (the model picks up digit alignment and carries abruptly,
+   mostly while the learning rate decays, so the budget ends inside that transition), stopped early
+   if sampled pass@1 on validation problems (train split, never trained on) already reaches
+   ``STOP_AT`` -- so a rebuild on other hardware or with another seed cannot overshoot into a
+   solved model. ``--steps N`` instead trains exactly N steps (cosine over N, no early stop);
+4. evaluation on the held-out test split (greedy pass@1, sampled pass@1 at T=1.0 and pass@16
+   over 16 samples per prompt), then ``save_pretrained`` (safetensors) of model + tokenizer and a
+   model card ``README.md`` with the numbers.
 
-The script pins torch to ``--threads`` (default 1) intra-op threads so the result does not depend on
-the core count of the machine that builds it.
+Takes about 4 minutes on one CPU core. The script pins torch to ``--threads`` (default 1)
+intra-op threads, so the result does not depend on the core count of the machine that builds it
+(same seed + same machine -> bit-identical weights).
 """
 
 from __future__ import annotations
@@ -31,7 +38,6 @@ import json
 import math
 import os
 import random
-import shutil
 import string
 import sys
 import time
@@ -57,14 +63,21 @@ from prorl.tasks import (  # noqa: E402
 DEFAULT_OUT = REPO_ROOT / "data" / "tiny-arith"
 
 # ---- recipe defaults (the shipped model was built with exactly these) ----------------------
-DEFAULT_STEPS = 900
 DEFAULT_SEED = 0
 BATCH_SIZE = 128
-LR = 2e-3
+LR = 1e-3
 WARMUP = 50
 MIN_LR_FRAC = 0.1
 WEIGHT_DECAY = 0.01
-LABEL_NOISE = 0.0
+# Budget: a cosine schedule over MAX_STEPS steps. The model "gets" carries/alignment abruptly,
+# mostly while the learning rate decays (around steps 600-900 here), so the budget is chosen to
+# end inside that transition. Guard against overshooting on another machine/seed: stop as soon
+# as sampled pass@1 on the validation problems (checked every EVAL_EVERY steps) reaches STOP_AT.
+MAX_STEPS = 900
+STOP_AT = 0.35
+EVAL_EVERY = 100
+VAL_N = 128  # validation problems (train split, excluded from pre-training)
+VAL_SAMPLES = 8  # samples per validation problem
 
 MODEL_KW = dict(
     hidden_size=128,
@@ -140,57 +153,76 @@ def build_model(tokenizer, seed: int):
 
 
 # ---- data -----------------------------------------------------------------------------------
-def noisy_answer(answer: int, rng: random.Random) -> str:
-    """A near miss of ``answer``: one digit moved by +-1 (what a carry mistake looks like)."""
-    digits = list(str(answer))
-    while True:
-        i = rng.randrange(len(digits))
-        d = (int(digits[i]) + rng.choice((-1, 1))) % 10
-        if not (i == 0 and d == 0):
-            digits[i] = str(d)
-            return "".join(digits)
+def validation_problems(seed: int, n: int = VAL_N) -> list[tuple[int, int]]:
+    """``n`` distinct *train-split* problems held out of pre-training, used only to decide when to
+    stop (so the test split stays untouched until the final measurement)."""
+    rng = random.Random(f"prorl/build_tiny_model/val/{seed}")
+    out: list[tuple[int, int]] = []
+    for ab in arithmetic_problems("train", rng):
+        if ab not in out:
+            out.append(ab)
+        if len(out) == n:
+            return out
+    raise AssertionError("unreachable")
 
 
-def make_batch(problems, tokenizer, batch_size: int, noise_rng: random.Random | None = None,
-               label_noise: float = 0.0):
-    """Right-padded (input_ids, attention_mask, labels) for ``batch_size`` train problems;
-    labels are -100 except on the completion digits and the EOS. With probability
-    ``label_noise`` a target is replaced by a near miss (:func:`noisy_answer`)."""
+def training_problems(seed: int, exclude: set[tuple[int, int]]):
+    """Endless seeded stream of train-split problems, minus ``exclude`` (either operand order)."""
+    rng = random.Random(f"prorl/build_tiny_model/train/{seed}")
+    for a, b in arithmetic_problems("train", rng):
+        if (a, b) not in exclude and (b, a) not in exclude:
+            yield a, b
+
+
+def make_batch(problems, tokenizer, batch_size: int):
+    """Right-padded (input_ids, attention_mask, labels) for the next ``batch_size`` problems;
+    labels are -100 except on the completion digits and the EOS."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     vocab = tokenizer.get_vocab()
-    seqs, masks = [], []
+    seqs, n_prompt = [], []
     for _ in range(batch_size):
         a, b = next(problems)
         p = [vocab[c] for c in task_prompt(a, b)]
-        target = format_completion(a + b)
-        if label_noise > 0 and noise_rng.random() < label_noise:
-            target = noisy_answer(a + b, noise_rng)
-        c = [vocab[ch] for ch in target] + [eos]
+        c = [vocab[ch] for ch in format_completion(a + b)] + [eos]
         seqs.append(p + c)
-        masks.append([0] * len(p) + [1] * len(c))
+        n_prompt.append(len(p))
     width = max(len(s) for s in seqs)
     ids = torch.full((batch_size, width), pad, dtype=torch.long)
     attn = torch.zeros((batch_size, width), dtype=torch.long)
     labels = torch.full((batch_size, width), -100, dtype=torch.long)
-    for i, (s, m) in enumerate(zip(seqs, masks)):
+    for i, (s, k) in enumerate(zip(seqs, n_prompt)):
         ids[i, : len(s)] = torch.tensor(s)
         attn[i, : len(s)] = 1
-        labels[i, : len(s)] = torch.where(torch.tensor(m, dtype=torch.bool), torch.tensor(s), -100)
+        labels[i, k : len(s)] = torch.tensor(s[k:])
     return ids, attn, labels
 
 
-def lr_at(step: int, steps: int) -> float:
+def lr_at(step: int, total: int) -> float:
+    """Linear warmup, then cosine decay to ``MIN_LR_FRAC * LR`` at step ``total``."""
     if step < WARMUP:
         return LR * (step + 1) / WARMUP
-    progress = (step - WARMUP) / max(1, steps - WARMUP)
+    progress = min(1.0, (step - WARMUP) / max(1, total - WARMUP))
     return LR * (MIN_LR_FRAC + (1 - MIN_LR_FRAC) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def pretrain(model, tokenizer, steps: int, seed: int, log_every: int = 100, callback=None) -> float:
-    """Train in place; returns the mean training loss over the last logging window."""
-    rng = random.Random(f"prorl/build_tiny_model/{seed}")
-    problems = arithmetic_problems("train", rng)
-    noise_rng = random.Random(f"prorl/build_tiny_model/noise/{seed}")
+def sampled_accuracy(model, tokenizer, problems, k: int, seed: int) -> float:
+    """Mean exact-match accuracy of ``k`` samples (T=1.0) per problem."""
+    prompts = [task_prompt(a, b) for a, b in problems]
+    g = torch.Generator().manual_seed(seed)
+    samples = generate(model, tokenizer, prompts, do_sample=True, num_samples=k, generator=g)
+    return sum(is_correct(c, str(a + b)) for cs, (a, b) in zip(samples, problems) for c in cs) / (k * len(problems))
+
+
+def pretrain(model, tokenizer, *, seed: int, max_steps: int, stop_at: float | None,
+             eval_every: int = EVAL_EVERY, log_every: int = 50) -> dict:
+    """Supervised pre-training in place.
+
+    Every ``eval_every`` steps the sampled pass@1 (T=1.0, ``VAL_SAMPLES`` samples) on the
+    validation problems is measured; training stops as soon as it reaches ``stop_at``, or after
+    ``max_steps`` (``stop_at=None``: always exactly ``max_steps`` steps).
+    """
+    val = validation_problems(seed)
+    problems = training_problems(seed, exclude=set(val))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -201,31 +233,42 @@ def pretrain(model, tokenizer, steps: int, seed: int, log_every: int = 100, call
     )
     model.train()
     t0 = time.time()
-    run_loss, last_loss = 0.0, float("nan")
-    for step in range(steps):
+    run_loss, n_loss, last_loss = 0.0, 0, float("nan")
+    history: list[tuple[int, float]] = []
+    step = 0
+    while step < max_steps:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps)
-        ids, attn, labels = make_batch(problems, tokenizer, BATCH_SIZE, noise_rng, LABEL_NOISE)
+            g["lr"] = lr_at(step, max_steps)
+        ids, attn, labels = make_batch(problems, tokenizer, BATCH_SIZE)
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        step += 1
         run_loss += loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            n = (step % log_every) + 1
-            print(
-                f"step {step + 1:5d}/{steps}  loss {run_loss / n:.4f}  lr {lr_at(step, steps):.2e}  "
-                f"{time.time() - t0:6.1f}s",
-                flush=True,
-            )
-            last_loss, run_loss = run_loss / n, 0.0
-            if callback is not None:  # dev hook: callback(step, model), e.g. an intermediate eval
-                model.eval()
-                callback(step + 1, model)
-                model.train()
+        n_loss += 1
+        if step % log_every == 0 or step == max_steps:
+            last_loss, run_loss, n_loss = run_loss / n_loss, 0.0, 0
+            print(f"step {step:5d}  loss {last_loss:.4f}  lr {lr_at(step - 1, max_steps):.2e}  {time.time() - t0:6.1f}s", flush=True)
+        if stop_at is not None and step % eval_every == 0:
+            model.eval()
+            acc = sampled_accuracy(model, tokenizer, val, VAL_SAMPLES, seed)
+            model.train()
+            history.append((step, acc))
+            print(f"step {step:5d}  validation sampled pass@1 {acc:.3f} (stop at >= {stop_at})", flush=True)
+            if acc >= stop_at:
+                break
+    if n_loss:
+        last_loss = run_loss / n_loss
     model.eval()
-    return last_loss
+    return {
+        "steps": step,
+        "final_loss": last_loss,
+        "stopped_early": stop_at is not None and bool(history) and history[-1][1] >= stop_at,
+        "val_history": history,
+        "train_s": time.time() - t0,
+    }
 
 
 # ---- evaluation -----------------------------------------------------------------------------
@@ -282,6 +325,7 @@ def evaluate(model, tokenizer, n: int = EVAL_N, k: int = EVAL_SAMPLES, seed: int
         "n_prompts": n,
         "samples_per_prompt": k,
         "greedy_pass@1": sum(greedy_ok) / n,
+        "greedy_pass@1_first64": sum(greedy_ok[:64]) / min(n, 64),
         "sampled_pass@1": sum(map(sum, samp_ok)) / (n * k),
         f"pass@{k}": sum(any(r) for r in samp_ok) / n,
         "well_formed_frac": with_eos / (n * k),
@@ -293,20 +337,54 @@ def evaluate(model, tokenizer, n: int = EVAL_N, k: int = EVAL_SAMPLES, seed: int
 
 
 # ---- model card -----------------------------------------------------------------------------
-def write_card(out: Path, *, args, n_params: int, metrics: dict, build_s: float, final_loss: float | None) -> None:
-    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    k = metrics["samples_per_prompt"]
-    ex = "\n".join(
-        f"| `{e['prompt']}` | `{e['answer']}` | `{e['greedy']}` | {', '.join(f'`{s}`' for s in e['samples'])} |"
-        for e in metrics["examples"]
-    )
+def write_card(out: Path, *, command: str, args, n_params: int, train: dict, metrics: dict | None,
+               build_s: float) -> None:
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file() and f.name != "README.md")
+    if args.steps is None:
+        rule = (
+            f"stop early once sampled pass@1 on {VAL_N} train-split problems held out of training "
+            f"({VAL_SAMPLES} samples each, T=1.0) reaches {STOP_AT}, checked every {EVAL_EVERY} steps"
+        )
+        if train["stopped_early"]:
+            stop = f"the cosine budget was {MAX_STEPS} steps, cut short by the rule: {rule}."
+        else:
+            stop = f"the full cosine budget of {MAX_STEPS} steps (the guard rule, {rule}, did not trigger)."
+        hist = ", ".join(f"{st}: {acc:.3f}" for st, acc in train["val_history"])
+        stop += f" Validation sampled pass@1 by step: {hist}."
+    else:
+        stop = f"a fixed budget of {args.steps} steps (`--steps`; cosine schedule over them, no early stop)."
+    if metrics is None:
+        measured = "Not measured (built with `--no-eval`)."
+    else:
+        k = metrics["samples_per_prompt"]
+        ex = "\n".join(
+            f"| `{e['prompt']}` | `{e['answer']}` | `{e['greedy']}` | {', '.join(f'`{x}`' for x in e['samples'])} |"
+            for e in metrics["examples"]
+        )
+        measured = f"""{metrics['n_prompts']} prompts of `load_builtin_task("arithmetic", "test", n={metrics['n_prompts']}, seed=0)`,
+up to {EVAL_MAX_NEW_TOKENS} new tokens, sampling seeded with `--seed`:
+
+| metric | value |
+|---|---|
+| greedy pass@1 | {metrics['greedy_pass@1']:.3f} |
+| greedy pass@1, first 64 prompts (what `tests/test_tasks.py` checks) | {metrics['greedy_pass@1_first64']:.3f} |
+| sampled pass@1 (T=1.0, top_p=1.0, mean over {k} samples/prompt) | {metrics['sampled_pass@1']:.3f} |
+| pass@{k} (any of {k} samples correct) | {metrics[f'pass@{k}']:.3f} |
+| well-formed samples (1-4 digits then `<eos>`) | {metrics['well_formed_frac']:.3f} |
+
+The gap between sampled pass@1 and greedy / pass@{k} is the room RL has to sharpen the policy.
+
+| prompt | answer | greedy | first samples |
+|---|---|---|---|
+{ex}"""
     card = f"""# tiny-arith
 
-A ~{n_params / 1e6:.2f}M-parameter `LlamaForCausalLM` with a character-level tokenizer, pre-trained **from
+A {n_params / 1e6:.2f}M-parameter `LlamaForCausalLM` with a character-level tokenizer, pre-trained **from
 scratch** by `data/build_tiny_model.py` on the built-in `arithmetic` task of `prorl.tasks`
 (addition of 2-/3-digit integers). It is the default model of prorl's offline CPU quick start:
 a deliberately *partly* capable starting point, so that RL on the exact-match reward has something
-to improve (the model knows the format and often the answer, but samples many wrong sums).
+to improve: it knows the format and often the answer, but its samples are spread over wrong sums
+(mostly carry mistakes).
 
 ## Task format
 
@@ -315,15 +393,15 @@ prompt:      47+385=
 completion:  432<eos>
 ```
 
-Prompt and completion are plain text, no chat template and no BOS. A completion is correct when
-its last number equals the answer (`exact_match`). Load the data with
+Prompt and completion are plain text: no chat template, no BOS. A completion is correct when its
+last number equals the answer (`exact_match`). Load the data with
 `prorl.tasks.load_builtin_task("arithmetic", split="train" | "test")`; the test split (held-out
-operand pairs, selected by a hash of the unordered pair) was never seen in pre-training.
+operand pairs, chosen by a hash of the unordered pair) was never seen in pre-training.
 
 ## How it was built
 
 ```
-python data/build_tiny_model.py --out {args.out_display} --steps {args.steps} --seed {args.seed} --threads {args.threads}
+{command}
 ```
 
 - tokenizer: `tokenizers` WordLevel over single characters (printable ASCII + `\\n`, `\\t`) with a
@@ -331,31 +409,19 @@ python data/build_tiny_model.py --out {args.out_display} --steps {args.steps} --
   `<unk>`=3; `padding_side="left"`; chat template `user: ...\\nassistant: `.
 - model: Llama, hidden {MODEL_KW['hidden_size']}, {MODEL_KW['num_hidden_layers']} layers,
   {MODEL_KW['num_attention_heads']} heads, intermediate {MODEL_KW['intermediate_size']},
-  max positions {MODEL_KW['max_position_embeddings']}, tied embeddings, vocab {metrics['vocab_size']};
+  max positions {MODEL_KW['max_position_embeddings']}, tied embeddings, vocab {len_vocab(out)};
   **{n_params:,} parameters**, fp32 safetensors; folder size {size / 1e6:.2f} MB.
 - pre-training: next-token cross-entropy on the completion (`432<eos>`) of train-split problems
-  sampled on the fly, {args.steps} steps x batch {BATCH_SIZE}, AdamW (lr {LR}, {WARMUP} warmup steps,
-  cosine to {MIN_LR_FRAC}x, weight decay {WEIGHT_DECAY}, grad clip 1.0), seed {args.seed},
-  {args.threads} torch thread(s); final training loss {final_loss:.4f}.
-- build time: {build_s:.0f} s on this machine's CPU (torch {torch.__version__}).
+  sampled on the fly, batch {BATCH_SIZE}, AdamW (lr {LR} after {WARMUP} linear warmup steps, betas
+  (0.9, 0.98), weight decay {WEIGHT_DECAY}, grad clip 1.0), seed {args.seed}, {args.threads} torch
+  thread(s). **{train['steps']} steps**: {stop} Training loss over the last steps: {train['final_loss']:.4f}.
+- build time: {build_s:.0f} s ({train['train_s']:.0f} s of it training) on a shared CPU, torch {torch.__version__}.
+  Same seed and machine -> same weights; another CPU may round differently and stop at a
+  different step, with numbers close to the ones below.
 
 ## Measured on the held-out split
 
-{metrics['n_prompts']} prompts of `load_builtin_task("arithmetic", "test", n={metrics['n_prompts']}, seed=0)`,
-up to {EVAL_MAX_NEW_TOKENS} new tokens:
-
-| metric | value |
-|---|---|
-| greedy pass@1 | {metrics['greedy_pass@1']:.3f} |
-| sampled pass@1 (T=1.0, top_p=1.0, mean over {k} samples/prompt) | {metrics['sampled_pass@1']:.3f} |
-| pass@{k} (any of {k} samples correct) | {metrics[f'pass@{k}']:.3f} |
-| well-formed samples (1-4 digits then `<eos>`) | {metrics['well_formed_frac']:.3f} |
-
-The gap between sampled pass@1 and pass@{k} / greedy is the room RL has to sharpen the policy.
-
-| prompt | answer | greedy | samples |
-|---|---|---|---|
-{ex}
+{measured}
 
 ## Loading (offline)
 
@@ -371,50 +437,59 @@ print(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
     (out / "README.md").write_text(card)
 
 
+def len_vocab(out: Path) -> int:
+    return json.loads((out / "config.json").read_text())["vocab_size"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: data/tiny-arith)")
-    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"pre-training steps (default {DEFAULT_STEPS})")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="train exactly this many steps (default: stop when validation sampled pass@1 "
+                         f">= {STOP_AT}, at most {MAX_STEPS} steps)")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"seed (default {DEFAULT_SEED})")
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: reproducible across machines)")
-    ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (the card then omits it)")
+                    help="torch intra-op threads (default 1, so results do not depend on the core count)")
+    ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     args = ap.parse_args(argv)
+    if args.steps is not None and args.steps <= 0:
+        ap.error("--steps must be positive")
 
     t_start = time.time()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     out = Path(args.out)
     try:
-        args.out_display = str(out.resolve().relative_to(REPO_ROOT))
+        out_display = str(out.resolve().relative_to(REPO_ROOT))
     except ValueError:
-        args.out_display = str(out)
+        out_display = str(out)
+    command = f"python data/build_tiny_model.py --out {out_display} --seed {args.seed} --threads {args.threads}"
+    if args.steps is not None:
+        command += f" --steps {args.steps}"
 
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params:,} parameters, vocab {len(tokenizer)}", flush=True)
 
-    final_loss = pretrain(model, tokenizer, args.steps, args.seed)
-    train_s = time.time() - t_start
+    if args.steps is None:
+        train = pretrain(model, tokenizer, seed=args.seed, max_steps=MAX_STEPS, stop_at=STOP_AT)
+    else:
+        train = pretrain(model, tokenizer, seed=args.seed, max_steps=args.steps, stop_at=None)
 
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 
-    if args.no_eval:
-        print(f"saved to {out} (no eval) in {train_s:.0f}s")
-        return 0
-    metrics = evaluate(model, tokenizer, seed=args.seed)
-    metrics["vocab_size"] = len(tokenizer)
+    metrics = None
+    if not args.no_eval:
+        metrics = evaluate(model, tokenizer, seed=args.seed)
+        print(json.dumps({k: v for k, v in metrics.items() if k != "examples"}, indent=2))
+        for e in metrics["examples"]:
+            print(e)
     build_s = time.time() - t_start
-    print(json.dumps({k: v for k, v in metrics.items() if k != "examples"}, indent=2))
-    for e in metrics["examples"]:
-        print(e)
-    write_card(out, args=args, n_params=n_params, metrics=metrics, build_s=build_s, final_loss=final_loss)
-    print(f"saved to {out}; build time {build_s:.0f}s (training {train_s:.0f}s)")
+    write_card(out, command=command, args=args, n_params=n_params, train=train, metrics=metrics, build_s=build_s)
+    print(f"saved to {out}; {train['steps']} steps; build time {build_s:.0f}s (training {train['train_s']:.0f}s)")
     return 0
 
 

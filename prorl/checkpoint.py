@@ -141,3 +141,16 @@ def load_optimizer_state(path: Path) -> dict | None:
     if not (path / "optimizer.safetensors").exists():
         return None
     return optimizer_from_safetensors(load_file(str(path / "optimizer.safetensors")), json.loads((path / "optimizer.json").read_text()))
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, keep: int | None) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints (the newest always stays). Returns the deleted."""
+    if keep is None:
+        return []
+    found = list_checkpoints(output_dir)
+    doomed = found[: max(len(found) - max(keep, 1), 0)]
+    for path in doomed:
+        trash = path.parent / f".deleting-{path.name}"
+        path.rename(trash)  # atomic: a crash mid-delete never leaves a half checkpoint that looks complete
+        shutil.rmtree(trash, ignore_errors=True)
+    return doomed

@@ -27,7 +27,8 @@ class _OneLineParser(argparse.ArgumentParser):
             flag = next((u for u in unknown if u.startswith("--")), unknown[0])
             near = difflib.get_close_matches(flag.lstrip("-").split("=")[0], [f.name for f in _options()], n=1)
             hint = f" (did you mean --{near[0]}?)" if near else ""
-            message = f"unknown option {flag}{hint}; `prorl {self.prog.split()[-1]} --help` lists them"
+            command = getattr(self, "command", None) or self.prog.split()[-1]
+            message = f"unknown option {flag}{hint}; `prorl {command} --help` lists them"
         sys.stderr.write(f"prorl: error: {message}\n")
         sys.exit(EXIT_USAGE)
 
@@ -51,8 +52,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{name}", **kw)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="prorl", description="ProRL / GRPO reinforcement learning from verifiable rewards.")
+    parser.command = command  # names the subcommand in one-line errors raised by the root parser
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     train = sub.add_parser("train", help="train a policy", description="Train a causal LM with the ProRL recipe.")
     train.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (see launch/recipes/)")
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_train_args(argv: list[str]) -> Config:
-    args = vars(build_parser().parse_args(["train", *argv]))
+    args = vars(build_parser("train").parse_args(["train", *argv]))
     config_file = args.pop("config", None)
     args.pop("command", None)
     return load_config(config_file, args)
@@ -86,7 +88,7 @@ def _eval(argv: list[str]) -> int:
 
     from .evaluate import format_table, run_eval
 
-    args = vars(build_parser().parse_args(["eval", *argv]))
+    args = vars(build_parser("eval").parse_args(["eval", *argv]))
     try:
         ks = [int(k) for k in str(args.pop("k")).split(",") if k.strip()]
     except ValueError:
@@ -113,7 +115,7 @@ def _eval(argv: list[str]) -> int:
 def _plot(argv: list[str]) -> int:
     from .plot import plot_run
 
-    args = build_parser().parse_args(["plot", *argv])
+    args = build_parser("plot").parse_args(["plot", *argv])
     for path in plot_run(args.output_dir, args.out):
         print(path)
     return 0

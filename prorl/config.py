@@ -41,6 +41,8 @@ ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
 POLICY_LOSSES = ("ppo_clip", "gspo", "cispo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 DTYPES = ("float32", "bfloat16", "float16")
+TRUNCATIONS = ("none", "zero_reward", "mask")
+REF_UPDATES = ("reset", "ema")
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Config:
     max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides n_epochs).")
     batch_size: int = opt(8, "Prompts per optimizer step for the WHOLE job (all processes together).")
     n_samples: int = opt(8, "Completions sampled per prompt (the group size); at least 2.")
+    rollout_batch_size: int | None = opt(None, "Prompts per generation call on each process (unset = all of its share at once); lower it if generation runs out of memory.")
     micro_batch_size: int = opt(16, "Completions per forward/backward pass on each process (gradient accumulation inside a step; does not change the result).")
     updates_per_batch: int = opt(1, "Passes (PPO epochs) over each rollout batch; more than one update uses the stored old log-probs and the clip becomes active.")
     mini_batches: int = opt(1, "Optimizer steps per pass: the rollout batch is split into this many mini-batches (ProRL: 256 prompts / 64 = 4).")
@@ -90,11 +93,17 @@ class Config:
     loss_agg: str = opt("token_mean", "Loss aggregation: token_mean (DAPO), seq_mean_token_mean (GRPO), seq_mean_token_sum, seq_mean_token_sum_norm (Dr. GRPO).", choices=AGGREGATIONS)
     kl_beta: float = opt(0.04, "Weight of the KL penalty to the reference policy (0 = no reference model).")
     kl_estimator: str = opt("k3", "KL estimator (Schulman's k1, k2 or k3).", choices=KL_ESTIMATORS)
+    kl_in_reward: bool = opt(False, "Subtract kl_beta x the sequence KL from the reward instead of adding the KL term to the loss.")
     skip_zero_signal: bool = opt(True, "Skip groups whose rewards are all equal (they carry no policy-gradient signal).")
+    dynamic_sampling_rounds: int = opt(0, "DAPO dynamic sampling: up to this many extra sampling rounds per step to fill the batch with groups that carry signal (0 = off).")
+    oversample: float = opt(1.0, "Each extra round draws missing_groups x oversample new prompts.")
+    truncation: str = opt("none", "Completions cut at max_length: none (treated as any other), zero_reward ('stop properly': reward 0), mask (no gradient).", choices=TRUNCATIONS)
 
     # --- reference policy (ProRL) ---
     ref_reset_every: int = opt(0, "Reset the reference policy to the current policy every K steps (0 = never).")
     ref_reset_optimizer: bool = opt(True, "Also reset the optimizer state when the reference is reset (as in ProRL).")
+    ref_update: str = opt("reset", "How the reference follows the policy: reset (hard copy) or ema (ref <- (1-alpha) ref + alpha policy).", choices=REF_UPDATES)
+    ref_ema_alpha: float = opt(0.1, "Mixing weight alpha for ref_update=ema.")
 
     # --- optimisation ---
     learning_rate: float = opt(1e-6, "AdamW learning rate.")
@@ -126,6 +135,7 @@ class Config:
     # --- output ---
     output_dir: str = opt("./prorl_checkpoints", "Folder for checkpoints and metrics.jsonl.")
     save_every: int = opt(200, "Save a checkpoint every N optimizer steps (0 = only at the end).")
+    save_total_limit: int | None = opt(None, "Keep only the newest K checkpoints (unset = keep all; the newest is never deleted).")
     log_every: int = opt(1, "Print a metrics line every N steps (metrics.jsonl gets every step).")
     resume: str | None = opt(None, "Resume from 'latest' (newest checkpoint in output_dir) or a checkpoint folder.")
     progress_bar: bool = opt(True, "Show a progress bar (main process only).")
@@ -161,12 +171,19 @@ class Config:
         need(self.dual_clip is None or self.dual_clip > 1, "dual_clip", "must be > 1 (or unset)")
         need(self.kl_beta >= 0, "kl_beta", "must be >= 0")
         need(self.ref_reset_every >= 0, "ref_reset_every", "must be >= 0 (0 = never)")
+        need(0 < self.ref_ema_alpha <= 1, "ref_ema_alpha", "must be in (0, 1]")
+        need(self.dynamic_sampling_rounds >= 0, "dynamic_sampling_rounds", "must be >= 0 (0 = off)")
+        need(self.dynamic_sampling_rounds == 0 or self.skip_zero_signal, "dynamic_sampling_rounds", "needs skip_zero_signal=true (it refills skipped groups)")
+        need(self.oversample >= 1, "oversample", "must be >= 1")
+        need(not self.kl_in_reward or self.kl_beta > 0, "kl_in_reward", "needs kl_beta > 0")
         need(self.learning_rate > 0, "learning_rate", "must be > 0")
         need(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 = no clipping)")
         need(self.max_bad_steps >= 1, "max_bad_steps", "must be >= 1")
         need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         need(self.save_every >= 0, "save_every", "must be >= 0 (0 = only at the end)")
         need(self.log_every >= 1, "log_every", "must be >= 1")
+        need(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", "must be >= 1 (or unset)")
+        need(self.rollout_batch_size is None or self.rollout_batch_size >= 1, "rollout_batch_size", "must be >= 1 (or unset)")
         need(self.eval_every >= 0, "eval_every", "must be >= 0 (0 = off)")
         need(self.eval_n >= 1, "eval_n", "must be >= 1")
         need(bool(self.eval_k) and all(1 <= k <= self.eval_n for k in self.eval_k), "eval_k", f"each k must be in [1, eval_n={self.eval_n}]")

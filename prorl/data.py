@@ -143,11 +143,29 @@ def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
 
 
 def steps_per_epoch(n_prompts: int, batch_size: int) -> int:
-    """Full global batches per epoch; the remainder (n % batch_size prompts) is left out of that epoch.
-
-    The order is reshuffled every epoch, so a prompt left out in one epoch is seen in the others.
-    """
+    """Optimizer steps that make one epoch: n_epochs x this is the run's length. When batch_size does
+    not divide the dataset, the prompt stream simply runs on into the next epoch's order."""
     return n_prompts // batch_size
+
+
+class PromptStream:
+    """The order prompts are drawn in: each epoch's seeded permutation, back to back.
+
+    Position p of the stream is row `epoch_order(n, p // n, seed)[p % n]`, so every prompt is drawn
+    once per epoch and the position alone (saved in checkpoints) says where a run is in its data.
+    """
+
+    def __init__(self, n_prompts: int, seed: int):
+        self.n, self.seed, self._cached = n_prompts, seed, (-1, [])
+
+    def rows(self, start: int, count: int) -> list[int]:
+        out = []
+        for pos in range(start, start + count):
+            epoch, i = divmod(pos, self.n)
+            if self._cached[0] != epoch:
+                self._cached = (epoch, epoch_order(self.n, epoch, self.seed))
+            out.append(self._cached[1][i])
+        return out
 
 
 def render_prompts(prompts: list, tokenizer, cfg: Config) -> list[str]:

@@ -86,28 +86,243 @@ def broadcast_object(acc: Accelerator, obj):
 
 # ----------------------------------------------------------------------
 # Sharded models (FSDP / DeepSpeed ZeRO-3): the only places that need to know about sharding.
+#
+# What each mode does (see launch/fsdp.yaml, launch/deepspeed_zero3.yaml):
+# - FSDP2 (`fsdp_version: 2`): generation unshards every FSDP unit once and keeps it unsharded
+#   until the rollout ends, so the sampling loop's forwards run no collectives (processes may stop
+#   after different numbers of tokens). The reference stays a full frozen copy per process.
+# - FSDP1: same idea through `summon_full_params` plus plain (hook-free) forwards; needs
+#   `fsdp_use_orig_params: true`. Saving under FSDP1 needs the trainer changes in the README.
+# - DeepSpeed ZeRO-3: gathers parameters for generation (untested here); checkpoints carry no
+#   optimizer state (DeepSpeed keeps it in flat partitions), so a resume restarts Adam's moments.
+
+from accelerate.utils import DistributedType  # noqa: E402
+
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.", "module.")
+
+
+def _fsdp_version(acc: Accelerator) -> int:
+    """2 for FSDP2, 1 for FSDP1, 0 when the model is not FSDP-sharded."""
+    if acc.distributed_type != DistributedType.FSDP:
+        return 0
+    return 2 if getattr(acc, "is_fsdp2", False) else 1
+
+
+def _is_zero3(acc: Accelerator) -> bool:
+    if acc.distributed_type != DistributedType.DEEPSPEED:
+        return False
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    return plugin is not None and getattr(plugin, "zero_stage", 0) == 3
+
+
+def _clean_name(name: str) -> str:
+    """A parameter name as the plain (unwrapped) model spells it."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def _plain_param_names(acc: Accelerator, model) -> list[str]:
+    """Trainable parameter names in the order of the plain model's `parameters()`, i.e. the order of
+    the optimizer the trainer builds before `acc.prepare` (optimizer state dicts are keyed by it)."""
+    names = [_clean_name(n) for n, p in acc.unwrap_model(model).named_parameters() if p.requires_grad]
+    if any("flat_param" in n for n in names):
+        raise ConfigError("FSDP1 needs fsdp_use_orig_params: true in the accelerate config (see launch/fsdp.yaml)")
+    return names
+
+
+@contextlib.contextmanager
+def _fsdp2_unsharded(model):
+    """Every FSDP2 unit all-gathered once (collective, same on every process), then kept unsharded
+    (no reshard after forward) so the forwards inside run no collectives; resharded on exit."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        yield
+        return
+    states = [u._get_fsdp_state() for u in units]
+    root = states[0]
+    if getattr(root, "_is_root", None) is None and hasattr(root, "_lazy_init"):
+        root._lazy_init()  # what the first forward would do; it fixes the root's own reshard policy
+    saved = [(s, getattr(s, "_auto_reshard_after_forward", None), [(g, g.post_forward_mesh_info) for g in s._fsdp_param_groups]) for s in states]
+    for u in units:
+        u.set_reshard_after_forward(False, recurse=False)
+    for u in units:
+        u.unshard()
+    try:
+        yield
+    finally:
+        for u in units:
+            u.reshard()
+        for state, auto, groups in saved:  # back to the per-unit policy accelerate/torch chose
+            if auto is not None:
+                state._auto_reshard_after_forward = auto
+            for group, mesh_info in groups:
+                group.post_forward_mesh_info = mesh_info
+
+
+@contextlib.contextmanager
+def _fsdp1_unsharded(model):
+    """FSDP1: full parameters of every unit (`summon_full_params`, collective), and each wrapper's
+    forward temporarily replaced by its wrapped module's plain forward: FSDP1's own forward would
+    reshard and re-gather per call, which deadlocks when processes stop sampling at different steps."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    units = [m for m in model.modules() if isinstance(m, FSDP)]
+    with FSDP.summon_full_params(model, writeback=False, recurse=True):
+        for u in units:
+            u.forward = u._fsdp_wrapped_module.forward  # instance attribute shadows FSDP.forward
+        try:
+            yield model.module if isinstance(model, FSDP) else model
+        finally:
+            for u in units:
+                vars(u).pop("forward", None)
+
+
+def _zero3_engine_hooks(engine, add: bool) -> None:
+    """Remove (add=False) or re-register ZeRO-3's per-module fetch/release hooks (as TRL does)."""
+    opt = getattr(engine, "optimizer", None)
+    if opt is None:
+        return
+    offload = getattr(opt, "parameter_offload", opt)
+    if add:
+        offload._register_hooks_recursively(offload.module)
+        return
+    for p in offload.module.parameters(recurse=True):
+        if hasattr(p, "ds_active_sub_modules"):
+            p.ds_active_sub_modules.clear()
+    for hook in list(offload.forward_hooks) + list(offload.backward_hooks):
+        hook.remove()
+    offload.forward_hooks, offload.backward_hooks = [], []
+
 
 @contextlib.contextmanager
 def unwrapped_for_generation(acc: Accelerator, model):
     """Yield a module that can run token-by-token generation.
 
-    Plain and DDP models: the unwrapped module. Sharded models must gather their full parameters
-    first, which is what this context is for (see the FSDP/DeepSpeed branches).
+    Plain and DDP models: the unwrapped module. Sharded models gather their full parameters for the
+    duration (collective: every process enters and leaves together; the forwards inside are local,
+    so processes may run different numbers of decoding steps). Peak memory: one full copy of the
+    policy's parameters per process while sampling.
     """
-    yield acc.unwrap_model(model)
+    version = _fsdp_version(acc)
+    if version == 2:
+        with _fsdp2_unsharded(model):
+            yield acc.unwrap_model(model)
+    elif version == 1:
+        with _fsdp1_unsharded(model) as inner:
+            yield inner
+    elif _is_zero3(acc):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            _zero3_engine_hooks(model, add=False)
+            try:
+                yield acc.unwrap_model(model)
+            finally:
+                _zero3_engine_hooks(model, add=True)
+    else:
+        yield acc.unwrap_model(model)
 
 
 def prepare_reference(acc: Accelerator, reference):
     """Place the frozen reference policy: a plain copy on this process's device (not wrapped: it never
-    needs gradient sync)."""
-    return reference.to(acc.device)
+    needs gradient sync).
+
+    Under FSDP / ZeRO-3 too it stays a full, unsharded copy per process (memory: one extra model per
+    GPU, in `dtype`); sharding it needs the trainer to save it collectively (see the README).
+    With `fsdp_cpu_ram_efficient_loading` only rank 0 is guaranteed to have loaded real weights
+    (transformers < 5 leaves other ranks empty), so the copy is broadcast from rank 0.
+    """
+    reference = reference.to(acc.device)
+    if acc.num_processes > 1 and _only_rank0_loaded(acc):
+        with torch.no_grad():
+            for t in list(reference.parameters()) + list(reference.buffers()):
+                torch.distributed.broadcast(t.data, src=0)
+    return reference
 
 
-def copy_policy_into_reference(acc: Accelerator, model, reference) -> None:
-    """ProRL's reference reset: reference <- current policy weights."""
-    reference.load_state_dict(acc.unwrap_model(model).state_dict())
+def _only_rank0_loaded(acc: Accelerator) -> bool:
+    import os
+
+    on = lambda var: os.environ.get(var, "false").lower() in ("1", "true", "yes")  # noqa: E731
+    return acc.distributed_type == DistributedType.FSDP and on("ACCELERATE_USE_FSDP") and on("FSDP_CPU_RAM_EFFICIENT_LOADING")
 
 
-def optimizer_state_to_save(acc: Accelerator, model, optimizer) -> dict:
-    """The full optimizer state dict (collective under sharding: call on every process)."""
-    return optimizer.state_dict()
+def copy_policy_into_reference(acc: Accelerator, model, reference, alpha: float = 1.0) -> None:
+    """ProRL's reference reset: reference <- current policy weights (alpha=1), or an EMA step
+    reference <- (1 - alpha) * reference + alpha * policy. Collective under sharding (call on every
+    process); a sharded policy is gathered one parameter at a time."""
+    version = _fsdp_version(acc)
+    if version == 0 and not _is_zero3(acc) and alpha == 1.0:
+        reference.load_state_dict(acc.unwrap_model(model).state_dict())
+        return
+    ref_params = dict(reference.named_parameters())
+
+    def mix(ref: torch.Tensor, policy: torch.Tensor) -> None:
+        policy = policy.to(device=ref.device, dtype=ref.dtype)
+        ref.copy_(policy) if alpha == 1.0 else ref.lerp_(policy, alpha)
+
+    with torch.no_grad():
+        if version == 2:
+            from torch.distributed.tensor import DTensor
+
+            for name, p in acc.unwrap_model(model).named_parameters():  # same order on every process
+                mix(ref_params[_clean_name(name)], p.full_tensor() if isinstance(p, DTensor) else p)
+        elif version == 1:
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            with FSDP.summon_full_params(model, writeback=False, recurse=True):
+                inner = model.module if isinstance(model, FSDP) else model
+                for name, ref in ref_params.items():
+                    mix(ref, _attr_path(inner, name))
+        elif _is_zero3(acc):
+            import deepspeed
+
+            for name, p in acc.unwrap_model(model).named_parameters():
+                with deepspeed.zero.GatheredParameters([p]):
+                    mix(ref_params[_clean_name(name)], p)
+        else:
+            for name, p in acc.unwrap_model(model).named_parameters():
+                mix(ref_params[_clean_name(name)], p)
+
+
+def _attr_path(root, name: str):
+    """`root.a.b.weight` by attribute access (FSDP1/checkpoint wrappers forward attributes)."""
+    obj = root
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def optimizer_state_to_save(acc: Accelerator, model, optimizer) -> dict | None:
+    """The full optimizer state dict (collective under sharding: call on every process).
+
+    Always in the plain format (`optimizer.state_dict()` of the unsharded model: state keyed by the
+    parameter's index in `model.parameters()`), so a run saved with FSDP resumes under DDP, one
+    process or FSDP with any number of processes. Under FSDP the full state is gathered to the main
+    process (CPU); other processes get `{}`. ZeRO-3: None (no optimizer state is saved).
+    """
+    version = _fsdp_version(acc)
+    if version == 0:
+        if _is_zero3(acc):
+            if acc.is_main_process:
+                import logging
+
+                logging.getLogger("prorl").warning(
+                    "DeepSpeed ZeRO-3: checkpoints hold no optimizer state; a resume restarts Adam's moments"
+                )
+            return None
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    torch_opt = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wrapper
+    names = _plain_param_names(acc, model)
+    full = get_optimizer_state_dict(model, torch_opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not acc.is_main_process:
+        return {}
+    index = {name: i for i, name in enumerate(names)}
+    state = {index[_clean_name(fqn)]: st for fqn, st in full["state"].items()}
+    groups = [dict(g, params=sorted(index[_clean_name(f)] for f in g["params"])) for g in full["param_groups"]]
+    return {"state": state, "param_groups": groups}

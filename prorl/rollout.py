@@ -250,3 +250,27 @@ def completion_logprobs(
     with torch.no_grad():
         entropy = entropy_from_logits(logits.detach(), temperature)
     return logp, entropy
+
+
+def concat_rollouts(parts: list[Rollout], *, pad_token_id: int) -> Rollout:
+    """Stack rollouts of several sampling rounds: prompts re-padded on the left, completions on the right."""
+    if len(parts) == 1:
+        return parts[0]
+    lp = max(p.prompt_ids.size(1) for p in parts)
+    lc = max(p.completion_ids.size(1) for p in parts)
+
+    def left(t, width, value):
+        return torch.nn.functional.pad(t, (width - t.size(1), 0), value=value)
+
+    def right(t, width, value):
+        return torch.nn.functional.pad(t, (0, width - t.size(1)), value=value)
+
+    return Rollout(
+        prompt_ids=torch.cat([left(p.prompt_ids, lp, pad_token_id) for p in parts]),
+        prompt_mask=torch.cat([left(p.prompt_mask, lp, 0) for p in parts]),
+        completion_ids=torch.cat([right(p.completion_ids, lc, pad_token_id) for p in parts]),
+        completion_mask=torch.cat([right(p.completion_mask, lc, 0) for p in parts]),
+        logprobs=torch.cat([right(p.logprobs, lc, 0.0) for p in parts]),
+        truncated=torch.cat([p.truncated for p in parts]),
+        repaired_rows=sum(p.repaired_rows for p in parts),
+    )

@@ -13,7 +13,10 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,9 +26,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import algos, checkpoint, dist
 from .config import Config, ConfigError
-from .data import epoch_order, load_prompt_dataset, render_prompts, steps_per_epoch, tokenize_prompts
+from .data import PromptStream, load_prompt_dataset, render_prompts, steps_per_epoch, tokenize_prompts
 from .rewards import build_rewards
-from .rollout import completion_logprobs, generate, sample_keys
+from .rollout import completion_logprobs, concat_rollouts, generate, sample_keys
 
 log = logging.getLogger("prorl")
 
@@ -89,20 +92,82 @@ def group_advantages(acc, rewards, group_ids, estimator: str, *, skip_zero_signa
     """Advantages for this process's samples, normalised over whole groups wherever they were sampled.
 
     rewards, group_ids: [n_local]. Returns (advantages [n_local], keep [n_local] bool,
-    all_rewards [n_global], zero_signal [n_global] bool). Groups whose rewards are all equal carry no
-    signal: with `skip_zero_signal` their samples are dropped (keep=False) and batch-level estimators
-    (reinforce_pp_baseline) do not see them.
+    all_rewards [n_global], zero_signal [n_global] bool).
     """
     all_rewards = dist.gather_varlen(acc, rewards)
     all_groups = dist.gather_varlen(acc, group_ids)
     offset = dist.rank_offset(acc, rewards.numel(), rewards.device)
-    mine = slice(offset, offset + rewards.numel())
+    mine = torch.arange(offset, offset + rewards.numel(), device=rewards.device)
     zero_signal = algos.zero_signal_mask(all_rewards, all_groups)
     used = ~zero_signal if skip_zero_signal else torch.ones_like(zero_signal)
+    advantages, keep = advantages_of_used(all_rewards, all_groups, used, mine, estimator)
+    return advantages, keep, all_rewards, zero_signal
+
+
+def advantages_of_used(all_rewards, all_groups, used, mine, estimator: str):
+    """Advantages computed over the `used` samples of the global batch only (skipped groups' zeros must not
+    enter batch-level estimators such as reinforce_pp_baseline); returns this process's rows `mine`."""
     all_adv = torch.zeros_like(all_rewards)
     if bool(used.any()):
         all_adv[used] = algos.compute_advantages(estimator, all_rewards[used], all_groups[used])
-    return all_adv[mine], used[mine], all_rewards, zero_signal
+    return all_adv[mine], used[mine]
+
+
+class _StopSignal:
+    """Remembers SIGTERM/SIGUSR1 (what SLURM and Kubernetes send before pre-emption) so the loop can
+    finish its step, checkpoint and exit. Only the main thread can install handlers; elsewhere a no-op."""
+
+    def __init__(self):
+        self.received, self.name, self._old = False, None, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received, self.name = True, signal.Signals(signum).name
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+@contextlib.contextmanager
+def _explain_oom(what: str):
+    """Turn an out-of-memory error into one line that names the option to lower."""
+    try:
+        yield
+    except _OOM:
+        raise TrainingAborted(f"out of memory during {what}") from None
+
+
+@dataclass
+class _Round:
+    """One sampling round of a step: this process's rollout and scores, plus the gathered rewards."""
+
+    rollout: object
+    rewards: torch.Tensor  # [n_local] the rewards advantages are computed from
+    scored: torch.Tensor  # [n_local] the reward functions' total (what metrics report)
+    rw: object  # RewardOutput
+    prompts: list
+    completions: list
+    lengths: torch.Tensor
+    all_rewards: torch.Tensor  # [n_global]
+    all_groups: torch.Tensor  # [n_global]
+    offset: int  # where this process's rows start in the gathered tensors
+    take: int  # prompts drawn (global)
+
+
+def _first_groups(groups: torch.Tensor, usable: torch.Tensor, limit: int) -> torch.Tensor:
+    """[N] bool: samples of the first `limit` usable groups, in order of first appearance."""
+    chosen, out = set(), torch.zeros_like(usable)
+    for i, (g, ok) in enumerate(zip(groups.tolist(), usable.tolist())):
+        if ok and (g in chosen or len(chosen) < limit):
+            chosen.add(g)
+            out[i] = True
+    return out
 
 
 class Trainer:
@@ -134,6 +199,7 @@ class Trainer:
         self.eval_set = load_prompt_dataset(cfg.eval_config()) if cfg.eval_every else None
         self.best_eval, self.evals_since_best = -1.0, 0
         self.columns = [c for c in self.dataset.column_names if c != "prompt"]
+        self.stream = PromptStream(len(self.dataset), cfg.seed)
         self.steps_per_epoch = steps_per_epoch(len(self.dataset), cfg.batch_size)
         if self.steps_per_epoch == 0:
             raise ConfigError(f"the dataset has {len(self.dataset)} prompts, fewer than batch_size={cfg.batch_size}; lower batch_size")
@@ -157,6 +223,8 @@ class Trainer:
             weight_decay=cfg.weight_decay,
         )
         self.step = 0
+        self.stopped_by = None
+        self.cursor = 0  # prompts drawn so far (global); more than step * batch_size with dynamic sampling
         self.bad_steps = 0  # consecutive non-finite steps
         self.totals = {"nonfinite_steps": 0, "skipped_groups": 0, "repaired_logit_rows": 0, "ref_resets": 0}
         if resume_path is not None:
@@ -174,6 +242,7 @@ class Trainer:
             _trim_metrics(self.out_dir / "metrics.jsonl", self.step)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress_bar and acc.is_main_process), desc="prorl")
         last = {}
+        stop = _StopSignal()
         try:
             if self.eval_set is not None and self.step == 0:
                 baseline = {"step": 0, **self.evaluate_heldout()}
@@ -193,11 +262,16 @@ class Trainer:
                     bar.write(_format_line(last))
                 if acc.is_main_process and cfg.sample_every and self.step % cfg.sample_every == 0:
                     self._log_samples(bar)
+                if int(dist.global_max(acc, torch.tensor(int(stop.received), device=self.device))):
+                    self.stopped_by = stop.name  # a scheduler's pre-emption notice: save and leave
+                    log.warning("received %s: saving step %d and exiting; continue with --resume latest", stop.name, self.step)
+                    break
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     self.save()
             self.save()
         finally:
             bar.close()
+            stop.restore()
         acc.end_training()
         return last
 
@@ -243,77 +317,141 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------
-    def batch_indices(self, step: int) -> list[int]:
-        """Dataset rows of the global batch at `step` (same on every process)."""
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        order = epoch_order(len(self.dataset), epoch, self.cfg.seed)
-        return order[pos * self.cfg.batch_size : (pos + 1) * self.cfg.batch_size]
-
-    def train_step(self) -> dict:
+    def _sample_round(self, take: int) -> _Round:
+        """Draw `take` prompts (global), sample this process's share, score it, gather rewards."""
         cfg, acc, n = self.cfg, self.acc, self.cfg.n_samples
-        t0 = time.perf_counter()
-        global_rows = self.batch_indices(self.step)
-        rows = global_rows[self.local]
-        batch = self.dataset[rows] if rows else {"prompt": []}
+        positions = list(range(self.cursor, self.cursor + take))
+        self.cursor += take
+        share = dist.shard_slice(take, acc.process_index, acc.num_processes)
+        positions = positions[share]
+        rows = self.stream.rows(positions[0], len(positions)) if positions else []
+        batch = self.dataset[rows]
         prompts = render_prompts(batch["prompt"], self.tokenizer, cfg)
 
-        # 1. rollout
-        prompt_ids, prompt_mask = self._tokenize_prompts(prompts)
-        prompt_index = torch.tensor(rows, device=self.device).repeat_interleave(n)
-        sample_index = torch.arange(n, device=self.device).repeat(len(rows))
-        keys = sample_keys(cfg.seed, self.step, prompt_index, sample_index)
-        with dist.unwrapped_for_generation(acc, self.model) as policy:
-            ro = generate(
-                policy, prompt_ids, prompt_mask, n_samples=n, keys=keys, max_new_tokens=cfg.max_length,
-                eos_token_ids=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id,
-                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-            )
-        t_gen = time.perf_counter() - t0
+        group = torch.tensor(positions, device=self.device).repeat_interleave(n)
+        keys = sample_keys(cfg.seed, 0, group, torch.arange(n, device=self.device).repeat(len(rows)))
+        chunk = cfg.rollout_batch_size or max(len(prompts), 1)
+        parts = []
+        with dist.unwrapped_for_generation(acc, self.model) as policy, _explain_oom(
+            f"generating {len(prompts)} prompts x {n} samples x up to {cfg.max_length} tokens on one process: "
+            f"lower rollout_batch_size (now {cfg.rollout_batch_size or 'all'} prompts per call; results unchanged), then max_length"
+        ):
+            for i in range(0, len(prompts), chunk):
+                prompt_ids, prompt_mask = self._tokenize_prompts(prompts[i : i + chunk])
+                parts.append(generate(
+                    policy, prompt_ids, prompt_mask, n_samples=n, keys=keys[i * n : (i + chunk) * n],
+                    max_new_tokens=cfg.max_length, eos_token_ids=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id,
+                    temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                ))
+        ro = concat_rollouts(parts, pad_token_id=self.tokenizer.pad_token_id)
         lengths = ro.completion_mask.sum(1)
         completions = self.tokenizer.batch_decode(
             [ids[: int(L)] for ids, L in zip(ro.completion_ids.tolist(), lengths.tolist())], skip_special_tokens=True
         )
-
-        # 2. rewards (local), then advantages over whole groups (global)
         columns = {c: [v for v in batch[c] for _ in range(n)] for c in self.columns}
         rep_prompts = [p for p in prompts for _ in range(n)]
         rw = self.rewards(
             rep_prompts, completions, columns,
             completion_lengths=lengths.tolist(), truncated=ro.truncated.tolist(), max_length=cfg.max_length,
         )
-        rewards = torch.tensor(rw.total, dtype=torch.float32, device=self.device)
-        advantages, keep, all_rewards, zero_signal = group_advantages(
-            acc, rewards, prompt_index, cfg.advantage, skip_zero_signal=cfg.skip_zero_signal
-        )
+        scored = torch.tensor(rw.total, dtype=torch.float32, device=self.device)
+        rewards = scored
+        if cfg.truncation == "zero_reward":  # "stop properly": no credit for a completion cut at max_length
+            rewards = torch.where(ro.truncated, torch.zeros_like(rewards), rewards)
+        if cfg.kl_in_reward and self.reference is not None:
+            rewards = rewards - cfg.kl_beta * self._sequence_kl(ro)
+        all_rewards = dist.gather_varlen(acc, rewards)
+        all_groups = dist.gather_varlen(acc, group)
+        offset = dist.rank_offset(acc, rewards.numel(), self.device)
+        return _Round(ro, rewards, scored, rw, rep_prompts, completions, lengths, all_rewards, all_groups, offset, take)
+
+    @torch.no_grad()
+    def _sequence_kl(self, ro) -> torch.Tensor:
+        """Per-completion KL(pi || pi_ref) summed over tokens, from the sampler's log-probs. [B]"""
+        mb, out = self.cfg.micro_batch_size, []
+        for i in range(0, ro.completion_ids.size(0), mb):
+            sl = slice(i, i + mb)
+            ref = completion_logprobs(self.reference, ro.prompt_ids[sl], ro.prompt_mask[sl], ro.completion_ids[sl],
+                                      ro.completion_mask[sl], temperature=self.cfg.temperature)
+            kl = algos.kl_penalty(ro.logprobs[sl], ref, self.cfg.kl_estimator, mask=ro.completion_mask[sl])
+            out.append(torch.where(ro.completion_mask[sl].bool(), kl, 0).sum(1))
+        return torch.cat(out) if out else torch.zeros(0, device=self.device)
+
+    def train_step(self) -> dict:
+        cfg, acc, n = self.cfg, self.acc, self.cfg.n_samples
+        t0 = time.perf_counter()
+
+        # 1. sample and score; with dynamic sampling, draw more prompts until the batch is full of
+        #    groups that carry signal (or the extra rounds run out)
+        rounds, take, signal = [], cfg.batch_size, 0
+        for _ in range(1 + cfg.dynamic_sampling_rounds):
+            rounds.append(self._sample_round(take))
+            zero = algos.zero_signal_mask(rounds[-1].all_rewards, rounds[-1].all_groups)
+            signal += int((~zero).sum()) // n
+            missing = cfg.batch_size - signal
+            if missing <= 0 or not cfg.skip_zero_signal:
+                break
+            world = acc.num_processes
+            take = world * math.ceil(math.ceil(missing * cfg.oversample) / world)
+        t_gen = time.perf_counter() - t0
+
+        # 2. advantages over whole groups (global): the first batch_size groups with signal are used
+        all_rewards = torch.cat([r.all_rewards for r in rounds])
+        all_groups = torch.cat([r.all_groups for r in rounds])
+        base = 0
+        mine = []
+        for r in rounds:
+            mine.append(torch.arange(r.offset, r.offset + r.rewards.numel(), device=self.device) + base)
+            base += r.all_rewards.numel()
+        mine = torch.cat(mine)
+        zero_signal = algos.zero_signal_mask(all_rewards, all_groups)
+        used = ~zero_signal if cfg.skip_zero_signal else torch.ones_like(zero_signal)
+        if cfg.dynamic_sampling_rounds:
+            used &= _first_groups(all_groups, used, cfg.batch_size)
+        advantages, keep = advantages_of_used(all_rewards, all_groups, used, mine, cfg.advantage)
+        ro = concat_rollouts([r.rollout for r in rounds], pad_token_id=self.tokenizer.pad_token_id)
+        if cfg.truncation == "mask":  # DAPO overlong filtering: cut completions give no gradient
+            keep = keep & ~ro.truncated
         used_count = int(dist.global_sum(acc, keep.sum().reshape(1)))
 
         # 3. policy update on the kept samples, normalised by GLOBAL counts
-        kept = keep.nonzero().squeeze(-1)
-        upd = self._update(ro, advantages, kept)
+        with _explain_oom(
+            f"the policy update: lower micro_batch_size (now {cfg.micro_batch_size} completions per pass; results "
+            "unchanged), then max_length"
+        ):
+            upd = self._update(ro, advantages, keep.nonzero().squeeze(-1))
         self.step += 1
         reset = self._maybe_reset_reference()
-
-        self._last_samples = (rep_prompts, completions, rw.total)
+        rep_prompts = [p for r in rounds for p in r.prompts]
+        completions = [c for r in rounds for c in r.completions]
+        scored = torch.cat([r.scored for r in rounds])
+        self._last_samples = (rep_prompts, completions, scored.tolist())
 
         # 4. metrics (global)
+        lengths = torch.cat([r.lengths for r in rounds])
         n_groups = all_rewards.numel() // n
         skipped = int(zero_signal.sum()) // n
         self.totals["skipped_groups"] += skipped
         self.totals["repaired_logit_rows"] += int(dist.global_sum(acc, torch.tensor([ro.repaired_rows], device=self.device)))
         all_lengths = dist.gather_varlen(acc, lengths.float())
         all_trunc = dist.gather_varlen(acc, ro.truncated.float())
+        all_scored = dist.gather_varlen(acc, scored)
         metrics = {
             "step": self.step,
-            "epoch": (self.step - 1) / self.steps_per_epoch,
+            "epoch": self.cursor / len(self.dataset),
             "loss": upd["loss"],
-            "reward_mean": float(all_rewards.mean()),
-            "reward_std": float(all_rewards.std()) if all_rewards.numel() > 1 else 0.0,
+            "reward_mean": float(all_scored.mean()),
+            "reward_std": float(all_scored.std()) if all_scored.numel() > 1 else 0.0,
         }
-        for name, values in rw.per_func.items():
+        faults, first_error = 0, ""
+        for name in self.rewards.names:
+            values = [v for r in rounds for v in r.rw.per_func[name]]
             v = dist.gather_varlen(acc, torch.tensor(values, dtype=torch.float32, device=self.device))
             metrics[f"rewards/{name}/mean"] = float(v.mean())
             metrics[f"rewards/{name}/std"] = float(v.std()) if v.numel() > 1 else 0.0
-        faults = sum(rw.faults.values())
+            for r in rounds:
+                faults += r.rw.faults.get(name, 0)
+                first_error = first_error or r.rw.first_error.get(name, "")
         metrics.update({
             "kl": upd["kl"],
             "clip_frac": upd["clip_frac"],
@@ -325,6 +463,7 @@ class Trainer:
             "groups": n_groups,
             "skipped_groups": skipped,
             "trained_samples": used_count,
+            "sampling_rounds": len(rounds),
             "reward_faults": int(dist.global_sum(acc, torch.tensor([faults], device=self.device))),
             "nonfinite_steps": self.totals["nonfinite_steps"],
             "repaired_logit_rows": self.totals["repaired_logit_rows"],
@@ -336,8 +475,7 @@ class Trainer:
             "tokens_per_s": float(all_lengths.sum()) / max(time.perf_counter() - t0, 1e-9),
         })
         if faults and acc.is_main_process:
-            first = next(iter(m for m in rw.first_error.values() if m), "")
-            log.warning("step %d: %d reward faults (samples got reward_fallback=%s): %s", self.step, faults, cfg.reward_fallback, first)
+            log.warning("step %d: %d reward faults (samples got reward_fallback=%s): %s", self.step, faults, cfg.reward_fallback, first_error)
         return metrics
 
     # ------------------------------------------------------------------
@@ -379,11 +517,12 @@ class Trainer:
 
         # log-probs of the frozen reference, and of the sampling policy when the update goes off-policy
         off_policy = cfg.updates_per_batch * cfg.mini_batches > 1
+        kl_in_loss = self.reference is not None and not cfg.kl_in_reward
         ref_logp, old_logp = {}, {}
         with torch.no_grad():
             for c, (micro, _, _) in enumerate(plan):
                 for j, idx in enumerate(micro):
-                    if self.reference is not None:
+                    if kl_in_loss:
                         ref_logp[c, j] = completion_logprobs(self.reference, *inputs(idx), **fwd)
                     if off_policy:
                         old_logp[c, j] = completion_logprobs(self.model, *inputs(idx), **fwd)
@@ -409,7 +548,7 @@ class Trainer:
                             cfg.policy_loss, logp, logp_old, advantages[rows(idx)], mask, **cfg.loss_kwargs()
                         )
                         kl = torch.zeros_like(logp)
-                        if self.reference is not None:
+                        if kl_in_loss:
                             kl = algos.kl_penalty(logp, ref_logp[c, j], cfg.kl_estimator, mask=mask)
                             per_token = per_token + cfg.kl_beta * kl
                         loss = algos.aggregate(
@@ -454,6 +593,13 @@ class Trainer:
                 )
             return norm
         self.optimizer.step()
+        finite = torch.stack([p.detach().isfinite().all() for p in params]).all()
+        if not bool(finite):
+            # nothing is saved from here on, so the last checkpoint stays the last good state
+            raise TrainingAborted(
+                f"a parameter became non-finite at step {self.step + 1} despite finite gradients (norm {norm:.3g}); "
+                "resume from the last checkpoint with a lower learning_rate or max_grad_norm"
+            )
         self.bad_steps = 0
         return norm
 
@@ -468,7 +614,8 @@ class Trainer:
     def _reset_reference(self) -> None:
         if self.reference is None:
             return
-        dist.copy_policy_into_reference(self.acc, self.model, self.reference)
+        alpha = 1.0 if self.cfg.ref_update == "reset" else self.cfg.ref_ema_alpha
+        dist.copy_policy_into_reference(self.acc, self.model, self.reference, alpha=alpha)
         if self.cfg.ref_reset_optimizer:
             self.optimizer.state.clear()
         self.totals["ref_resets"] += 1
@@ -491,8 +638,8 @@ class Trainer:
                 optimizer_state=optimizer_state,
                 trainer_state={
                     "step": self.step,
-                    "epoch": self.step // self.steps_per_epoch,
-                    "step_in_epoch": self.step % self.steps_per_epoch,
+                    "cursor": self.cursor,
+                    "epoch": self.cursor / len(self.dataset),
                     "totals": self.totals,
                     "bad_steps": self.bad_steps,
                     "best_eval": self.best_eval,
@@ -503,12 +650,14 @@ class Trainer:
                     "config": self.cfg.to_dict(),
                 },
             )
+            checkpoint.prune_checkpoints(self.out_dir, self.cfg.save_total_limit)
         acc.wait_for_everyone()
         return path
 
     def _load_resume_state(self, path: Path) -> None:
         state = checkpoint.load_trainer_state(path)
         self.step = int(state["step"])
+        self.cursor = int(state.get("cursor", self.step * self.cfg.batch_size))
         self.totals.update(state.get("totals", {}))
         self.bad_steps = int(state.get("bad_steps", 0))
         self.best_eval = float(state.get("best_eval", -1.0))

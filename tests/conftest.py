@@ -8,7 +8,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = REPO / "data" / "tiny-arith"
+TINY_MODEL = Path(os.environ.get("PRORL_TEST_MODEL", REPO / "data" / "tiny-arith"))
 SHARED = REPO.parent / "shared" / "data"
 
 

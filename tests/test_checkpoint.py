@@ -75,3 +75,17 @@ def test_resume_errors(tmp_path):
     (tmp_path / "not_a_ckpt").mkdir()
     with pytest.raises(ConfigError, match="is not a prorl checkpoint"):
         resolve_resume(str(tmp_path / "not_a_ckpt"), str(tmp_path))
+
+
+def test_prune_keeps_newest(tmp_path):
+    from prorl.checkpoint import prune_checkpoints
+
+    for step in (1, 2, 3):
+        save_checkpoint(checkpoint_dir(tmp_path, step), model=_Saveable("w"), model_state=None, tokenizer=_Saveable("t"),
+                        optimizer_state=None, trainer_state={"step": step})
+    assert [p.name for p in prune_checkpoints(tmp_path, 2)] == ["checkpoint-000001"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-000002", "checkpoint-000003"]
+    prune_checkpoints(tmp_path, 1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-000003"]
+    assert prune_checkpoints(tmp_path, None) == []
+    assert not list(tmp_path.glob(".deleting-*"))

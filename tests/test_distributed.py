@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prorl.data import epoch_order, steps_per_epoch
+from prorl.data import PromptStream, epoch_order, steps_per_epoch
 from prorl.dist import shard_slice
 
 from .conftest import REPO, TINY_MODEL
@@ -64,14 +64,18 @@ def max_rel_diff(a: dict, b: dict) -> float:
 
 def test_sharding_covers_each_prompt_once_per_epoch():
     n, batch, world = 37, 6, 2
+    stream = PromptStream(n, seed=1)
     for epoch in range(2):
-        order = epoch_order(n, epoch, seed=1)
         seen = []
         for step in range(steps_per_epoch(n, batch)):
-            rows = order[step * batch : (step + 1) * batch]
+            start = epoch * n + step * batch
+            rows = stream.rows(start, batch)
             for rank in range(world):
                 seen += rows[shard_slice(batch, rank, world)]
-        assert len(seen) == len(set(seen)) == steps_per_epoch(n, batch) * batch  # none twice; 1 left over
+        assert len(seen) == len(set(seen)) == 36  # none twice
+    # the stream runs on: the prompt left over from epoch 0 is the first of the next batch
+    assert stream.rows(36, 1) == [epoch_order(n, 0, 1)[36]] and stream.rows(37, 1) == [epoch_order(n, 1, 1)[0]]
+    assert sorted(stream.rows(0, n)) == list(range(n))
     with pytest.raises(ValueError, match="divisible by the number of processes"):
         shard_slice(5, 0, 2)
 
