@@ -42,6 +42,7 @@ POLICY_LOSSES = ("ppo_clip", "gspo", "cispo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 DTYPES = ("float32", "bfloat16", "float16")
 TRUNCATIONS = ("none", "zero_reward", "mask")
+TRACKERS = ("none", "tensorboard", "wandb", "trackio", "all")
 REF_UPDATES = ("reset", "ema")
 
 
@@ -54,7 +55,8 @@ class Config:
     dataset_config: str | None = opt(None, "Hub dataset configuration name (e.g. 'main' for gsm8k).")
     dataset_split: str = opt("train", "Dataset split to train on.")
     data_files: str | None = opt(None, "data_files pattern passed to datasets.load_dataset (glob or path).")
-    prompt_column: str = opt("prompt", "Column holding the prompt text (other columns go to reward functions).")
+    prompt_column: str = opt("prompt", "Column holding the prompt text, or chat messages (other columns go to reward functions).")
+    rename_columns: dict[str, str] = opt({}, "Rename dataset columns before use, e.g. {solution: answer} so built-in rewards find 'answer'.")
     max_prompts: int | None = opt(None, "Use at most this many prompts from the dataset (after shuffling).")
     chat_template: bool = opt(False, "Render prompts with the tokenizer's chat template (as a user message).")
     system_prompt: str | None = opt(None, "System message prepended when chat_template is on.")
@@ -114,6 +116,12 @@ class Config:
     max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this value (0 = no clipping).")
     max_bad_steps: int = opt(10, "Abort after this many consecutive steps with non-finite loss or gradients.")
 
+    # --- LoRA (optional extra `peft`) ---
+    lora_r: int = opt(0, "Train LoRA adapters of this rank instead of all weights (0 = full fine-tuning); the reference is the base with adapters off.")
+    lora_alpha: int = opt(16, "LoRA scaling alpha.")
+    lora_dropout: float = opt(0.0, "LoRA dropout (0 keeps sampling and training on the same policy).")
+    lora_target_modules: list[str] = opt(["all-linear"], "Modules that get adapters (PEFT names; 'all-linear' = every linear layer but the output head).")
+
     # --- precision and reproducibility ---
     dtype: str = opt("float32", "Parameter dtype for training (float32 is the default and the tested path).", choices=DTYPES)
     seed: int = opt(42, "Seed for data order, sampling and initialisation.")
@@ -139,6 +147,8 @@ class Config:
     log_every: int = opt(1, "Print a metrics line every N steps (metrics.jsonl gets every step).")
     resume: str | None = opt(None, "Resume from 'latest' (newest checkpoint in output_dir) or a checkpoint folder.")
     progress_bar: bool = opt(True, "Show a progress bar (main process only).")
+    report_to: str = opt("none", "Experiment tracker through accelerate (same metric names as metrics.jsonl).", choices=TRACKERS)
+    run_name: str | None = opt(None, "Run name shown by the tracker (default: the output_dir's name).")
 
     # ------------------------------------------------------------------
     def validate(self) -> "Config":
@@ -171,6 +181,9 @@ class Config:
         need(self.dual_clip is None or self.dual_clip > 1, "dual_clip", "must be > 1 (or unset)")
         need(self.kl_beta >= 0, "kl_beta", "must be >= 0")
         need(self.ref_reset_every >= 0, "ref_reset_every", "must be >= 0 (0 = never)")
+        need(self.lora_r >= 0, "lora_r", "must be >= 0 (0 = full fine-tuning)")
+        need(not (self.lora_r and (self.ref_reset_every or self.ref_reset_on_plateau)), "ref_reset_every",
+             "reference resets are not supported with LoRA yet (the reference is the frozen base); set ref_reset_every=0 or lora_r=0")
         need(0 < self.ref_ema_alpha <= 1, "ref_ema_alpha", "must be in (0, 1]")
         need(self.dynamic_sampling_rounds >= 0, "dynamic_sampling_rounds", "must be >= 0 (0 = off)")
         need(self.dynamic_sampling_rounds == 0 or self.skip_zero_signal, "dynamic_sampling_rounds", "needs skip_zero_signal=true (it refills skipped groups)")

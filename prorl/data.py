@@ -38,6 +38,7 @@ def load_prompt_dataset(cfg: Config) -> datasets.Dataset:
             raise ConfigError(f"dataset={source!r}: {e}") from None
     else:
         ds = _load_external(source, cfg)
+    ds = _rename(ds, cfg.rename_columns, source)
     ds = _prompt_column(ds, cfg.prompt_column, source)
     ds = ds.filter(_non_empty, input_columns="prompt")
     if len(ds) == 0:
@@ -122,6 +123,13 @@ def _pick_split(dd: datasets.DatasetDict, split: str, source: str) -> datasets.D
     if split not in dd:
         raise ConfigError(f"dataset={source!r} has no split '{split}'; available: {', '.join(dd)} (set dataset_split)")
     return dd[split]
+
+
+def _rename(ds: datasets.Dataset, mapping: dict, source) -> datasets.Dataset:
+    missing = [c for c in mapping if c not in ds.column_names]
+    if missing:
+        raise ConfigError(f"rename_columns names {missing}, not columns of dataset={source!r}; columns are: {', '.join(ds.column_names)}")
+    return ds.rename_columns(dict(mapping)) if mapping else ds
 
 
 def _prompt_column(ds: datasets.Dataset, column: str, source) -> datasets.Dataset:

@@ -319,10 +319,50 @@ def optimizer_state_to_save(acc: Accelerator, model, optimizer) -> dict | None:
 
     torch_opt = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wrapper
     names = _plain_param_names(acc, model)
-    full = get_optimizer_state_dict(model, torch_opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # cpu_offload gathers to the main process's CPU only; on a CPU device there is nothing to offload,
+    # and torch 2.13's FSDP1 then returns exp_avg/exp_avg_sq aliasing one buffer (wrong values)
+    offload = acc.device.type != "cpu"
+    full = get_optimizer_state_dict(model, torch_opt, options=StateDictOptions(full_state_dict=True, cpu_offload=offload))
     if not acc.is_main_process:
         return {}
     index = {name: i for i, name in enumerate(names)}
-    state = {index[_clean_name(fqn)]: st for fqn, st in full["state"].items()}
+    state = {index[_clean_name(fqn)]: _own_storage(st) for fqn, st in full["state"].items()}
     groups = [dict(g, params=sorted(index[_clean_name(f)] for f in g["params"])) for g in full["param_groups"]]
     return {"state": state, "param_groups": groups}
+
+
+def _own_storage(param_state: dict) -> dict:
+    """Give tensors that are views of one shared gather buffer (FSDP1 on CPU returns exp_avg and
+    exp_avg_sq that way) their own storage, so safetensors can write them."""
+    out, seen = {}, set()
+    for key, value in param_state.items():
+        if torch.is_tensor(value):
+            ptr = value.untyped_storage().data_ptr()
+            if ptr in seen or value.untyped_storage().nbytes() != value.numel() * value.element_size():
+                value = value.clone()
+            seen.add(value.untyped_storage().data_ptr())
+        out[key] = value
+    return out
+
+
+def _load_optimizer_state(acc: Accelerator, model, optimizer, state: dict | None) -> None:
+    """Load a plain-format optimizer state dict (what `optimizer_state_to_save` writes) into the
+    PREPARED optimizer: every process passes the same full state; under FSDP each keeps its shard.
+
+    Must run after `acc.prepare`: FSDP replaces the parameters, and `acc.prepare` does not carry
+    optimizer state over from the old ones (a state loaded before would be silently dropped)."""
+    if state is None or _is_zero3(acc):
+        return
+    version = _fsdp_version(acc)
+    if version == 0:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = _plain_param_names(acc, model)
+    by_name = {
+        "state": {names[int(i)]: st for i, st in state["state"].items()},
+        "param_groups": [dict(g, params=[names[int(i)] for i in g["params"]]) for g in state["param_groups"]],
+    }
+    torch_opt = getattr(optimizer, "optimizer", optimizer)
+    set_optimizer_state_dict(model, torch_opt, by_name, options=StateDictOptions(full_state_dict=True))

@@ -124,7 +124,8 @@ class Rollout:
 
 def _cache_kwarg(model) -> str:
     """transformers 5 renamed `past_key_values` to `cache`; support both."""
-    params = inspect.signature(model.forward).parameters
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps forward(**kwargs)
+    params = inspect.signature(target.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

@@ -179,18 +179,26 @@ class Trainer:
 
     def __init__(self, config: Config, reward_funcs: Sequence[Callable | str] | None = None, accelerator=None):
         self.cfg = cfg = config.validate()
-        self.acc = accelerator or dist.make_accelerator()
+        trackers = None if cfg.report_to == "none" else cfg.report_to
+        self.acc = accelerator or dist.make_accelerator(log_with=trackers, project_dir=cfg.output_dir)
         _quiet_libraries()
         set_seed(cfg.seed, cfg.deterministic)
         self.out_dir = Path(cfg.output_dir)
 
         resume_path = checkpoint.resolve_resume(cfg.resume, cfg.output_dir) if cfg.resume else None
-        self.model, self.tokenizer = load_model_and_tokenizer(cfg, str(resume_path) if resume_path else None)
         if resume_path is not None:
             _check_same_model(cfg, resume_path)
+        self.model, self.tokenizer = load_model_and_tokenizer(
+            cfg, str(resume_path) if resume_path and not cfg.lora_r else None
+        )
         self.eos_ids = eos_ids(self.model, self.tokenizer)
         self.reference = None
-        if cfg.kl_beta > 0:
+        self.has_reference = cfg.kl_beta > 0
+        if cfg.lora_r:
+            from .lora import attach_lora
+
+            self.model = attach_lora(self.model, cfg, resume_path)  # reference = base, adapters off
+        elif cfg.kl_beta > 0:
             self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
             if resume_path is not None:
                 checkpoint.load_reference(self.reference, resume_path)
@@ -241,6 +249,9 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             _trim_metrics(self.out_dir / "metrics.jsonl", self.step)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress_bar and acc.is_main_process), desc="prorl")
+        if cfg.report_to != "none":
+            name = cfg.run_name or Path(cfg.output_dir).resolve().name
+            acc.init_trackers(name, config=_flat_config(cfg))
         last = {}
         stop = _StopSignal()
         try:
@@ -276,6 +287,9 @@ class Trainer:
         return last
 
     def _append_metrics(self, metrics: dict) -> None:
+        if self.cfg.report_to != "none":
+            numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+            self.acc.log(numbers, step=metrics["step"])
         if self.acc.is_main_process:
             with open(self.out_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
@@ -358,7 +372,7 @@ class Trainer:
         rewards = scored
         if cfg.truncation == "zero_reward":  # "stop properly": no credit for a completion cut at max_length
             rewards = torch.where(ro.truncated, torch.zeros_like(rewards), rewards)
-        if cfg.kl_in_reward and self.reference is not None:
+        if cfg.kl_in_reward and self.has_reference:
             rewards = rewards - cfg.kl_beta * self._sequence_kl(ro)
         all_rewards = dist.gather_varlen(acc, rewards)
         all_groups = dist.gather_varlen(acc, group)
@@ -366,13 +380,22 @@ class Trainer:
         return _Round(ro, rewards, scored, rw, rep_prompts, completions, lengths, all_rewards, all_groups, offset, take)
 
     @torch.no_grad()
+    def _reference_logprobs(self, *inputs, **kw) -> torch.Tensor:
+        if self.reference is not None:
+            return completion_logprobs(self.reference, *inputs, **kw)
+        from .lora import adapters_disabled
+
+        with adapters_disabled(self.acc.unwrap_model(self.model)) as base:
+            return completion_logprobs(base, *inputs, **kw)
+
+    @torch.no_grad()
     def _sequence_kl(self, ro) -> torch.Tensor:
         """Per-completion KL(pi || pi_ref) summed over tokens, from the sampler's log-probs. [B]"""
         mb, out = self.cfg.micro_batch_size, []
         for i in range(0, ro.completion_ids.size(0), mb):
             sl = slice(i, i + mb)
-            ref = completion_logprobs(self.reference, ro.prompt_ids[sl], ro.prompt_mask[sl], ro.completion_ids[sl],
-                                      ro.completion_mask[sl], temperature=self.cfg.temperature)
+            ref = self._reference_logprobs(ro.prompt_ids[sl], ro.prompt_mask[sl], ro.completion_ids[sl],
+                                           ro.completion_mask[sl], temperature=self.cfg.temperature)
             kl = algos.kl_penalty(ro.logprobs[sl], ref, self.cfg.kl_estimator, mask=ro.completion_mask[sl])
             out.append(torch.where(ro.completion_mask[sl].bool(), kl, 0).sum(1))
         return torch.cat(out) if out else torch.zeros(0, device=self.device)
@@ -517,13 +540,13 @@ class Trainer:
 
         # log-probs of the frozen reference, and of the sampling policy when the update goes off-policy
         off_policy = cfg.updates_per_batch * cfg.mini_batches > 1
-        kl_in_loss = self.reference is not None and not cfg.kl_in_reward
+        kl_in_loss = self.has_reference and not cfg.kl_in_reward
         ref_logp, old_logp = {}, {}
         with torch.no_grad():
             for c, (micro, _, _) in enumerate(plan):
                 for j, idx in enumerate(micro):
                     if kl_in_loss:
-                        ref_logp[c, j] = completion_logprobs(self.reference, *inputs(idx), **fwd)
+                        ref_logp[c, j] = self._reference_logprobs(*inputs(idx), **fwd)
                     if off_policy:
                         old_logp[c, j] = completion_logprobs(self.model, *inputs(idx), **fwd)
 
@@ -670,6 +693,11 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------
+
+def _flat_config(cfg: Config) -> dict:
+    """Trackers take scalars (TensorBoard's hparams); lists and dicts are written as text."""
+    return {k: v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v) for k, v in cfg.to_dict().items()}
+
 
 def _quiet_libraries() -> None:
     """Our progress bar and metric lines are the output; silence the libraries' per-call bars."""

@@ -98,3 +98,25 @@ def test_chat_template_missing_is_a_config_error():
 
     with pytest.raises(ConfigError, match="no chat template"):
         render_prompts(["x"], NoTemplate(), cfg(chat_template=True))
+
+
+def test_hub_style_loader_with_data_files_pattern_and_renames(tmp_path):
+    """`dataset: json` + a data_files glob goes through the same load_dataset call a Hub name does."""
+    for part in range(2):
+        (tmp_path / f"shard-{part}.jsonl").write_text(
+            "".join(json.dumps({"question": f"q{part}{i}", "solution": str(i)}) + "\n" for i in range(3)))
+    c = cfg(dataset="json", data_files=str(tmp_path / "shard-*.jsonl"), prompt_column="question",
+            rename_columns={"solution": "answer"})
+    ds = load_prompt_dataset(c)
+    assert sorted(ds["prompt"]) == ["q00", "q01", "q02", "q10", "q11", "q12"]
+    assert set(ds.column_names) == {"prompt", "answer"}
+    with pytest.raises(ConfigError, match="rename_columns names"):
+        load_prompt_dataset(cfg(dataset="json", data_files=str(tmp_path / "shard-*.jsonl"), rename_columns={"nope": "x"}))
+
+
+def test_chat_messages_column(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "2+2?"}], "answer": "4"}) + "\n")
+    ds = load_prompt_dataset(cfg(dataset=str(path), prompt_column="messages"))
+    assert ds[0]["prompt"] == [{"role": "user", "content": "2+2?"}]
+    assert render_prompts(ds["prompt"], _ChatTok(), cfg()) == ["user:2+2?|assistant:"]

@@ -1,16 +1,19 @@
 """FSDP on two CPU processes (gloo): the trainer's sharded paths in `prorl.dist`, end to end.
 
-accelerate (1.15) never turns FSDP on for a CPU run: with `cpu=True` (or no GPU) the launch's
-`ACCELERATE_USE_FSDP` is ignored and the run is plain MULTI_CPU data parallel (with
-`fsdp_cpu_ram_efficient_loading` it even fails in `Accelerator()`: "no available devices found").
-torch's FSDP itself works on CPU with gloo. So this file, run as a script under torchrun, builds the
-Accelerator exactly as `prorl train` does and then switches it to FSDP (the state accelerate would
-have on GPUs: distributed_type FSDP plus an FSDP plugin like launch/fsdp.yaml's), and runs the real
-`Trainer`. Everything after that is accelerate's and torch's real FSDP code: `acc.prepare` shards the
-model (`fully_shard` / `FullyShardedDataParallel`), backward reduce-scatters, `clip_grad_norm_`,
-`get_state_dict`, and our generation / reference / optimizer-state helpers.
+accelerate 1.15 never turns FSDP on for a CPU run: with `cpu=True` (no GPU) it ignores the launch's
+`ACCELERATE_USE_FSDP` and runs plain MULTI_CPU data parallel (`fsdp_version: 2`), or stops in
+`Accelerator()` with "no available devices found" (`fsdp_version: 1`, which syncs module states on
+a GPU). torch's FSDP itself runs on CPU with gloo. So this file, run as a script under torchrun,
+builds the Accelerator as `prorl train` does, switches it to the state accelerate sets up for FSDP
+on GPUs (distributed_type FSDP plus a plugin like launch/fsdp.yaml's) and runs the real `Trainer`.
+From there on it is accelerate's and torch's real FSDP code: `acc.prepare` shards the model
+(`fully_shard` / `FullyShardedDataParallel`), backward reduce-scatters, `clip_grad_norm_`,
+`get_state_dict`, and prorl's generation / reference / optimizer-state helpers.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/test_fsdp.py 2 --max_steps 2 ...
+
+Two trainer-side workarounds live in `_main` until the trainer changes described in the README's
+"Scaling" section land (the optimizer state must be loaded after `acc.prepare`; FSDP1 saving).
 """
 
 import json
@@ -21,9 +24,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = Path(os.environ.get("PRORL_TEST_MODEL", REPO / "data" / "tiny-arith"))  # override: any tiny causal LM folder
+TINY_MODEL = Path(os.environ.get("PRORL_TEST_MODEL", REPO / "data" / "tiny-arith"))  # any small causal LM folder
 
-FSDP_PLUGIN = {  # launch/fsdp.yaml, minus what needs a GPU (cpu_ram_efficient_loading broadcasts on CUDA)
+FSDP_PLUGIN = {  # launch/fsdp.yaml, minus cpu_ram_efficient_loading (it broadcasts on a GPU)
     2: dict(fsdp_version=2, reshard_after_forward=True),
     1: dict(fsdp_version=1, reshard_after_forward="FULL_SHARD", use_orig_params=True, sync_module_states=False),
 }
@@ -31,41 +34,59 @@ FSDP_PLUGIN = {  # launch/fsdp.yaml, minus what needs a GPU (cpu_ram_efficient_l
 
 def force_fsdp(acc, version: int) -> None:
     """Give a CPU Accelerator the FSDP state accelerate sets up on GPUs."""
+    import torch
     from accelerate import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    plugin = FullyShardedDataParallelPlugin(
+    acc.state.fsdp_plugin = FullyShardedDataParallelPlugin(
         auto_wrap_policy="transformer_based_wrap",
         state_dict_type="FULL_STATE_DICT",
         cpu_ram_efficient_loading=False,
         **FSDP_PLUGIN[version],
     )
-    acc.state.fsdp_plugin = plugin
     acc.state.distributed_type = DistributedType.FSDP
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as AcceleratorState.__init__ does
-    if version == 1:  # FSDP1 rejects device_id "cpu:0" (accelerate's CPU device) against its compute device "cpu"
-        import torch
-
+    if version == 1:
+        # FSDP1 rejects accelerate's CPU device "cpu:0" as device_id against its compute device "cpu"
         acc.state.device = PartialState._shared_state["device"] = torch.device("cpu")
+        # and torch 2.13's FSDP1 segfaults gathering a full state dict with offload_to_cpu=True on a
+        # CPU device (accelerate's get_state_dict setting; on GPUs that is the right setting)
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        def get_state_dict(model, unwrap=True):
+            with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=False, rank0_only=True)):
+                return model.state_dict()
+
+        acc.get_state_dict = get_state_dict
 
 
 def _main(argv: list[str]) -> int:
     """torchrun entry point: `tests/test_fsdp.py VERSION --option value ...` (VERSION 1 or 2)."""
-    from prorl import dist
+    from prorl import checkpoint, dist
     from prorl.cli import parse_train_args
     from prorl.trainer import Trainer
 
-    version, args = int(argv[0]), argv[1:]
-    cfg = parse_train_args(args)
+    version, cfg = int(argv[0]), parse_train_args(argv[1:])
     acc = dist.make_accelerator()
     force_fsdp(acc, version)
-    trainer = Trainer(cfg, accelerator=acc)
-    sharded = type(trainer.model).__name__
+    # Trainer._load_resume_state loads the optimizer state BEFORE acc.prepare; FSDP's prepare swaps
+    # the parameters and that state is lost (the next save then fails on its stale keys). Until the
+    # trainer loads it after prepare, do that here: hide it from __init__, load it through prorl.dist.
+    load_optimizer_state = checkpoint.load_optimizer_state
+    checkpoint.load_optimizer_state = lambda path: None
+    try:
+        trainer = Trainer(cfg, accelerator=acc)
+    finally:
+        checkpoint.load_optimizer_state = load_optimizer_state
+    if cfg.resume:
+        path = checkpoint.resolve_resume(cfg.resume, cfg.output_dir)
+        dist._load_optimizer_state(acc, trainer.model, trainer.optimizer, load_optimizer_state(path))
+    sharded_class = type(trainer.model).__name__
     trainer.train()
     if acc.is_main_process:
-        (Path(cfg.output_dir) / "fsdp_probe.json").write_text(
-            json.dumps({"distributed_type": str(acc.distributed_type), "is_fsdp2": acc.is_fsdp2, "model_class": sharded})
-        )
+        probe = {"distributed_type": str(acc.distributed_type), "is_fsdp2": acc.is_fsdp2, "model_class": sharded_class}
+        (Path(cfg.output_dir) / "fsdp_probe.json").write_text(json.dumps(probe))
     return 0
 
 
@@ -88,6 +109,9 @@ COMMON = dict(
     dataset="builtin:arithmetic", batch_size=4, n_samples=4, micro_batch_size=4, max_length=6,
     learning_rate=1e-4, kl_beta=0.01, seed=5, progress_bar=False,
 )
+# One Adam step moves the weights by ~1e-3 (relative); summing the same gradients in another order
+# (reduce-scatter vs all-reduce vs one process) flips near-zero gradient signs: up to ~1e-4.
+SAME_RUN = 3e-4
 
 
 def _fsdp_on_cpu_unavailable() -> str | None:
@@ -102,6 +126,25 @@ def _fsdp_on_cpu_unavailable() -> str | None:
     if not (TINY_MODEL / "config.json").exists():
         return f"{TINY_MODEL} missing: run python data/build_tiny_model.py"
     return None
+
+
+def _trainer_saves_fsdp1() -> str | None:
+    import inspect
+
+    from prorl.trainer import Trainer
+
+    if "_fingerprint(acc.unwrap_model(self.model))" in inspect.getsource(Trainer.save):
+        return ("Trainer.save hashes acc.unwrap_model(model).state_dict() on the main process only; under FSDP1 "
+                "that state_dict all-gathers, so the save hangs (fix: fingerprint from model_state, see README Scaling)")
+    return None
+
+
+def _two_gpus_unavailable() -> str | None:
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        return "needs 2 CUDA GPUs: accelerate enables FSDP only on accelerators"
+    return None if (TINY_MODEL / "config.json").exists() else f"{TINY_MODEL} missing"
 
 
 _SKIP = _fsdp_on_cpu_unavailable()
@@ -159,26 +202,25 @@ def tensors(ckpt, name="model.safetensors"):
 
 def max_rel_diff(a: dict, b: dict) -> float:
     keys = a.keys() & b.keys()
-    assert keys and all(k in keys or k == "lm_head.weight" for k in a.keys() | b.keys())  # tied copy may be written
+    assert keys and (a.keys() ^ b.keys()) <= {"lm_head.weight"}, a.keys() ^ b.keys()  # a tied copy may be written
     return max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp(min=1e-12)) for k in keys)
 
 
-@needs_fsdp_on_cpu
-def test_fsdp2_two_cpu_processes_train_save_and_match_ddp(tmp_path):
-    """2 steps with 2 processes under FSDP2 (sharded policy, full reference reset after every step):
+def _check_sharded_run(tmp_path, version: int):
+    """2 steps with 2 processes under FSDP (sharded policy, full reference reset after every step):
     exit 0, really sharded, 2 metric lines, a checkpoint transformers loads, and the same run as DDP."""
     from transformers import AutoModelForCausalLM
 
     over = dict(max_steps=2, save_every=1, ref_reset_every=1)
-    train_fsdp(2, tmp_path / "fsdp", **over)
+    train_fsdp(version, tmp_path / "fsdp", **over)
     probe = json.loads((tmp_path / "fsdp" / "fsdp_probe.json").read_text())
-    assert probe["distributed_type"] == "DistributedType.FSDP" and probe["is_fsdp2"], probe
-    assert probe["model_class"].startswith("FSDP"), probe  # fully_shard swapped the class: the policy was sharded
+    assert probe["distributed_type"] == "DistributedType.FSDP" and probe["is_fsdp2"] == (version == 2), probe
+    assert probe["model_class"].startswith("FSDP") or probe["model_class"] == "FullyShardedDataParallel", probe
     m = metrics(tmp_path / "fsdp")
     assert [x["step"] for x in m] == [1, 2] and all(x["groups"] == 4 and x["trained_samples"] > 0 for x in m)
     ckpt = tmp_path / "fsdp" / "checkpoint-000002"
     model = AutoModelForCausalLM.from_pretrained(ckpt)
-    assert model.config.model_type and sum(p.numel() for p in model.parameters()) > 0
+    assert sum(p.numel() for p in model.parameters()) > 0
     # the reference reset gathered the sharded policy: right after it, reference == policy exactly
     policy, ref = tensors(ckpt), tensors(ckpt, "reference.safetensors")
     assert max(float((policy[k] - ref[k]).abs().max()) for k in ref) == 0.0
@@ -190,24 +232,54 @@ def test_fsdp2_two_cpu_processes_train_save_and_match_ddp(tmp_path):
         assert a["reward_mean"] == b["reward_mean"] and a["completion_len_mean"] == b["completion_len_mean"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7)
     diff = max_rel_diff(policy, tensors(tmp_path / "ddp" / "checkpoint-000002"))
-    assert diff < 1e-4, diff
+    assert diff < SAME_RUN, diff
 
 
 @needs_fsdp_on_cpu
-def test_fsdp2_checkpoint_resumes_on_one_process(tmp_path):
+def test_fsdp2_two_cpu_processes_train_save_and_match_ddp(tmp_path):
+    _check_sharded_run(tmp_path, 2)
+
+
+@needs_fsdp_on_cpu
+@pytest.mark.skipif(_SKIP is None and _trainer_saves_fsdp1() is not None, reason=_trainer_saves_fsdp1() or "")
+def test_fsdp1_two_cpu_processes_train_save_and_match_ddp(tmp_path):
+    _check_sharded_run(tmp_path, 1)
+
+
+@needs_fsdp_on_cpu
+def test_fsdp2_checkpoints_move_between_fsdp_and_one_process(tmp_path):
     """The optimizer state saved under FSDP2 is in the plain format (same keys and values as a
-    one-process run's), and one process resumes it to where an uninterrupted run ends."""
-    train_plain(1, tmp_path / "ref", max_steps=3, save_every=1)
+    one-process run's); one process resumes an FSDP2 checkpoint and FSDP2 resumes a one-process
+    checkpoint, both ending where an uninterrupted one-process run ends."""
+    ref = tmp_path / "ref"
+    train_plain(1, ref, max_steps=3, save_every=1)
     train_fsdp(2, tmp_path / "a", max_steps=2, save_every=2)
-    ref2, fsdp2 = tmp_path / "ref" / "checkpoint-000002", tmp_path / "a" / "checkpoint-000002"
+    fsdp2 = tmp_path / "a" / "checkpoint-000002"
     assert json.loads((fsdp2 / "optimizer.json").read_text())["param_groups"][0]["params"] == \
-        json.loads((ref2 / "optimizer.json").read_text())["param_groups"][0]["params"]
-    opt_f, opt_r = tensors(fsdp2, "optimizer.safetensors"), tensors(ref2, "optimizer.safetensors")
+        json.loads((ref / "checkpoint-000002" / "optimizer.json").read_text())["param_groups"][0]["params"]
+    opt_f, opt_r = tensors(fsdp2, "optimizer.safetensors"), tensors(ref / "checkpoint-000002", "optimizer.safetensors")
     assert opt_f.keys() == opt_r.keys() and len(opt_f) > 0
-    assert all(opt_f[k].shape == opt_r[k].shape for k in opt_r)
     assert max_rel_diff(opt_f, opt_r) < 1e-3, max_rel_diff(opt_f, opt_r)
 
-    train_plain(1, tmp_path / "a", max_steps=3, save_every=3, resume="latest")
+    train_plain(1, tmp_path / "a", max_steps=3, save_every=3, resume="latest")  # FSDP2 -> 1 process
+    train_fsdp(2, tmp_path / "b", max_steps=3, save_every=3, resume=str(ref / "checkpoint-000002"))  # 1 process -> FSDP2
+    want = tensors(ref / "checkpoint-000003")
+    want_opt = tensors(ref / "checkpoint-000003", "optimizer.safetensors")
+    for run in ("a", "b"):
+        got = tmp_path / run / "checkpoint-000003"
+        assert max_rel_diff(tensors(got), want) < SAME_RUN, run
+        got_opt = tensors(got, "optimizer.safetensors")
+        assert float(got_opt["0.step"]) == 3.0 and max_rel_diff(got_opt, want_opt) < 1e-2, run  # Adam moments kept
     assert [x["step"] for x in metrics(tmp_path / "a")] == [1, 2, 3]
-    diff = max_rel_diff(tensors(tmp_path / "a" / "checkpoint-000003"), tensors(tmp_path / "ref" / "checkpoint-000003"))
-    assert diff < 1e-4, diff
+
+
+@pytest.mark.skipif(_two_gpus_unavailable() is not None, reason=_two_gpus_unavailable() or "")
+def test_fsdp_yaml_on_two_gpus(tmp_path):
+    """The shipped launch/fsdp.yaml through `accelerate launch` (not run in CPU-only CI)."""
+    from transformers import AutoModelForCausalLM
+
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/fsdp.yaml", "--num_processes", "2",
+          "--main_process_port", str(_port()), "-m", "prorl", "train",
+          *_opts(tmp_path / "gpu", max_steps=2, save_every=1, ref_reset_every=1)])
+    assert [x["step"] for x in metrics(tmp_path / "gpu")] == [1, 2]
+    AutoModelForCausalLM.from_pretrained(tmp_path / "gpu" / "checkpoint-000002")

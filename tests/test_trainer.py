@@ -102,3 +102,56 @@ def test_resume_from_another_model_is_refused(tmp_path, tiny_model):
     Trainer(small_run(tmp_path, max_steps=1)).train()
     with pytest.raises(ConfigError, match="was trained from model"):
         Trainer(small_run(tmp_path, model_name_or_path=str(tmp_path / "other"), resume="latest"))
+
+
+def test_tensorboard_gets_the_same_metric_names(tmp_path, tiny_model):
+    pytest.importorskip("tensorboard", reason="tensorboard is in the test extra; install prorl[test]")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    Trainer(small_run(tmp_path, max_steps=2, save_every=0, report_to="tensorboard", run_name="tb")).train()
+    events = list((tmp_path / "out").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file written"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    lines = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    numeric = {k for k, v in lines[0].items() if isinstance(v, (int, float)) and k != "step"}
+    assert numeric <= tags, numeric - tags
+    assert [e.step for e in acc.Scalars("reward_mean")] == [1, 2]
+
+
+def test_lora_trains_adapters_with_base_as_reference(tmp_path, tiny_model):
+    peft = pytest.importorskip("peft", reason="LoRA needs the peft extra: pip install 'prorl[peft]'")
+
+    def count_ones(prompts, completions, **kw):
+        return [float(c.count("1")) for c in completions]
+
+    cfg = small_run(tmp_path, max_steps=2, lora_r=4, learning_rate=1e-2)
+    tr = Trainer(cfg, reward_funcs=[count_ones])
+    assert tr.reference is None  # no second copy of the weights
+    base_before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny_model).state_dict().items()}
+    tr.train()
+    ckpt = tmp_path / "out" / "checkpoint-000002"
+    assert (ckpt / "adapter_model.safetensors").exists() and (ckpt / "adapter_config.json").exists()
+    metrics = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # adapters start at zero: policy == base
+    # the adapters changed the policy, the base weights did not change
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert all(torch.equal(base_before[k], v) for k, v in base.state_dict().items())
+    trained = peft.PeftModel.from_pretrained(base, str(ckpt))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        with trained.disable_adapter():
+            plain = trained(input_ids=ids).logits
+        adapted = trained(input_ids=ids).logits
+    assert not torch.allclose(plain, adapted)
+    # merged export equals the adapted policy
+    from prorl.lora import merge_checkpoint
+
+    merge_checkpoint(str(ckpt), tiny_model, str(tmp_path / "merged"))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5)
+    # resume continues from the saved adapters
+    Trainer(small_run(tmp_path, max_steps=3, lora_r=4, learning_rate=1e-2, resume="latest"), reward_funcs=[count_ones]).train()
+    assert (tmp_path / "out" / "checkpoint-000003" / "adapter_model.safetensors").exists()
