@@ -15,18 +15,20 @@ Steps:
    left padding and a tiny chat template (``user: ...\\nassistant: ``);
 2. a small ``LlamaForCausalLM`` (~0.9M parameters, tied embeddings) initialised from ``--seed``;
 3. supervised next-token pre-training from scratch on train-split problems of the built-in
-   ``arithmetic`` task (``prorl.tasks``): sequence ``"47+385=432<eos>"``, loss on ``"432<eos>"`` only,
-   with a deliberately small budget so the skill is only partly learned: a cosine learning-rate
-   schedule over ``MAX_STEPS`` steps (the model picks up digit alignment and carries abruptly,
-   mostly while the learning rate decays, so the budget ends inside that transition), stopped early
-   if sampled pass@1 on validation problems (train split, never trained on) already reaches
-   ``STOP_AT`` -- so a rebuild on other hardware or with another seed cannot overshoot into a
-   solved model. ``--steps N`` instead trains exactly N steps (cosine over N, no early stop);
+   ``arithmetic`` task (``prorl.tasks``): sequence ``"147+385=532<eos>"``, loss on ``"532<eos>"``
+   only, stopped while the skill is only partly learned. Accuracy sits near zero for a few hundred
+   steps and then climbs quickly (tens of points per 100 steps), and when exactly the climb starts
+   varies with seed and hardware, so a fixed step count would not reliably land in the target
+   band. Instead, every ``EVAL_EVERY`` steps the sampled pass@1 (T=1.0) on validation problems
+   (train split, never trained on) is measured and training stops at the first check where it
+   reaches ``STOP_AT`` (cosine learning-rate schedule over ``MAX_STEPS``, the hard cap). Same seed
+   and machine -> same stopping step and bit-identical weights. ``--steps N`` instead trains exactly
+   N steps (cosine over N, no early stop);
 4. evaluation on the held-out test split (greedy pass@1, sampled pass@1 at T=1.0 and pass@16
    over 16 samples per prompt), then ``save_pretrained`` (safetensors) of model + tokenizer and a
    model card ``README.md`` with the numbers.
 
-Takes about 4 minutes on one CPU core. The script pins torch to ``--threads`` (default 1)
+Takes about 2-3 minutes on one CPU core. The script pins torch to ``--threads`` (default 1)
 intra-op threads, so the result does not depend on the core count of the machine that builds it
 (same seed + same machine -> bit-identical weights).
 """
@@ -69,15 +71,14 @@ LR = 1e-3
 WARMUP = 50
 MIN_LR_FRAC = 0.1
 WEIGHT_DECAY = 0.01
-# Budget: a cosine schedule over MAX_STEPS steps. The model "gets" carries/alignment abruptly,
-# mostly while the learning rate decays (around steps 600-900 here), so the budget is chosen to
-# end inside that transition. Guard against overshooting on another machine/seed: stop as soon
-# as sampled pass@1 on the validation problems (checked every EVAL_EVERY steps) reaches STOP_AT.
+# Stopping rule: stop at the first check (every EVAL_EVERY steps) where sampled pass@1 at T=1.0 on
+# the validation problems reaches STOP_AT; the cosine schedule runs over MAX_STEPS, the hard cap.
+# (Accuracy takes off around step 300-400 and then gains ~10-20 points per 50 steps.)
 MAX_STEPS = 900
-STOP_AT = 0.35
-EVAL_EVERY = 100
+STOP_AT = 0.30
+EVAL_EVERY = 25
 VAL_N = 128  # validation problems (train split, excluded from pre-training)
-VAL_SAMPLES = 8  # samples per validation problem
+VAL_SAMPLES = 4  # samples per validation problem
 
 MODEL_KW = dict(
     hidden_size=128,
@@ -381,7 +382,7 @@ The gap between sampled pass@1 and greedy / pass@{k} is the room RL has to sharp
 
 A {n_params / 1e6:.2f}M-parameter `LlamaForCausalLM` with a character-level tokenizer, pre-trained **from
 scratch** by `data/build_tiny_model.py` on the built-in `arithmetic` task of `prorl.tasks`
-(addition of 2-/3-digit integers). It is the default model of prorl's offline CPU quick start:
+(addition of 3-digit integers). It is the default model of prorl's offline CPU quick start:
 a deliberately *partly* capable starting point, so that RL on the exact-match reward has something
 to improve: it knows the format and often the answer, but its samples are spread over wrong sums
 (mostly carry mistakes).
@@ -389,8 +390,8 @@ to improve: it knows the format and often the answer, but its samples are spread
 ## Task format
 
 ```
-prompt:      47+385=
-completion:  432<eos>
+prompt:      147+385=
+completion:  532<eos>
 ```
 
 Prompt and completion are plain text: no chat template, no BOS. A completion is correct when its
@@ -411,7 +412,7 @@ operand pairs, chosen by a hash of the unordered pair) was never seen in pre-tra
   {MODEL_KW['num_attention_heads']} heads, intermediate {MODEL_KW['intermediate_size']},
   max positions {MODEL_KW['max_position_embeddings']}, tied embeddings, vocab {len_vocab(out)};
   **{n_params:,} parameters**, fp32 safetensors; folder size {size / 1e6:.2f} MB.
-- pre-training: next-token cross-entropy on the completion (`432<eos>`) of train-split problems
+- pre-training: next-token cross-entropy on the completion (`532<eos>`) of train-split problems
   sampled on the fly, batch {BATCH_SIZE}, AdamW (lr {LR} after {WARMUP} linear warmup steps, betas
   (0.9, 0.98), weight decay {WEIGHT_DECAY}, grad clip 1.0), seed {args.seed}, {args.threads} torch
   thread(s). **{train['steps']} steps**: {stop} Training loss over the last steps: {train['final_loss']:.4f}.
@@ -429,7 +430,7 @@ operand pairs, chosen by a hash of the unordered pair) was never seen in pre-tra
 from transformers import AutoModelForCausalLM, AutoTokenizer
 tok = AutoTokenizer.from_pretrained("data/tiny-arith")
 model = AutoModelForCausalLM.from_pretrained("data/tiny-arith")
-enc = tok(["47+385="], return_tensors="pt")
+enc = tok(["147+385="], return_tensors="pt")
 out = model.generate(**enc, do_sample=False, max_new_tokens=8)
 print(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
 ```

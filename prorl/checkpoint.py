@@ -8,7 +8,9 @@
       trainer_state.json                                      step, data position, counters, config
 
 A checkpoint is written to a temporary folder and renamed into place, so a crash mid-save leaves
-the previous checkpoints untouched and never a half-written `checkpoint-*` folder.
+the previous checkpoints untouched and never a half-written `checkpoint-*` folder. A save that fails
+(disk full, quota, read-only file system) removes its temporary folder and raises `CheckpointError`,
+one line that names the newest intact checkpoint.
 """
 
 from __future__ import annotations
@@ -20,12 +22,20 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .config import ConfigError
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+_OLD = re.compile(r"^\.old-checkpoint-(\d+)$")  # a checkpoint being replaced by a re-save of its step
+_DEBRIS = (".tmp-checkpoint-", ".deleting-checkpoint-")  # left by a crash mid-save / mid-prune
+
+
+class CheckpointError(OSError):
+    """Writing a checkpoint failed (disk full, quota, permissions); the previous checkpoints are intact.
+    The message is one line: what failed, why, and what to do."""
 
 
 def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
@@ -33,12 +43,51 @@ def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints in `output_dir`, oldest first."""
+    """Complete checkpoints in `output_dir`, oldest first.
+
+    Temporary folders (`.tmp-*`, `.deleting-*`) never count. A `.old-checkpoint-N` counts only while
+    `checkpoint-N` is missing: a crash between the two renames of a same-step re-save leaves it as
+    the only copy of that step."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
-    return [p for _, p in sorted(found)]
+    found, old = {}, {}
+    for p in root.iterdir():
+        if not (p / STATE_FILE).is_file():
+            continue
+        if m := _NAME.match(p.name):
+            found[int(m.group(1))] = p
+        elif m := _OLD.match(p.name):
+            old[int(m.group(1))] = p
+    for step, p in old.items():
+        found.setdefault(step, p)
+    return [found[step] for step in sorted(found)]
+
+
+def ensure_output_dir(output_dir: str | os.PathLike, *, fresh: bool = False) -> Path:
+    """Create `output_dir` and prove it is writable, so a bad path fails at start, not at the first save.
+
+    fresh=True (a run without --resume): refuse a folder that already holds checkpoints; starting over
+    there would trim its metrics.jsonl and mix two runs' checkpoints (and `--resume latest` would then
+    pick the old run's newest)."""
+    root = Path(output_dir)
+    if fresh and (found := list_checkpoints(root)):
+        raise ConfigError(
+            f"output_dir={str(output_dir)!r} already holds checkpoints (newest {found[-1].name}); "
+            "continue that run with --resume latest, or choose a new output_dir"
+        )
+    probe = root / f".prorl-write-test-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(root) else ""
+        raise ConfigError(
+            f"output_dir={str(output_dir)!r} is not a writable folder: {reason}{where}; choose another output_dir"
+        ) from None
+    return root
 
 
 def resolve_resume(resume: str, output_dir: str) -> Path:
@@ -49,8 +98,11 @@ def resolve_resume(resume: str, output_dir: str) -> Path:
             raise ConfigError(f"resume=latest but {output_dir!r} holds no checkpoint; drop --resume to start fresh")
         return found[-1]
     path = Path(resume)
+    if not path.is_dir():
+        raise ConfigError(f"resume={resume!r} not found; pass a checkpoint-* folder or 'latest'")
     if not (path / STATE_FILE).is_file():
         raise ConfigError(f"resume={resume!r} is not a prorl checkpoint (no {STATE_FILE}); pass a checkpoint-* folder or 'latest'")
+    load_trainer_state(path)  # unreadable state: one line now, not a traceback after the model loaded
     return path
 
 
@@ -89,31 +141,60 @@ def save_checkpoint(
     optimizer_state: dict | None,
     trainer_state: dict,
 ) -> Path:
-    """Write a checkpoint atomically (call on the main process only)."""
+    """Write a checkpoint atomically (call on the main process only).
+
+    Raises CheckpointError (an OSError) when the files cannot be written; the temporary folder is
+    removed and every earlier checkpoint is left as it was."""
     path = Path(path)
     tmp = path.parent / f".tmp-{path.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if reference is not None:
-        save_model(reference, str(tmp / "reference.safetensors"))
-    if optimizer_state is not None:
-        tensors, meta = optimizer_to_safetensors(optimizer_state)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "optimizer.json").write_text(json.dumps(meta))
-    (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
-    _fsync_tree(tmp)
-    if path.exists():  # re-saving the same step (e.g. final save right after a periodic one)
-        old = path.parent / f".old-{path.name}"
-        shutil.rmtree(old, ignore_errors=True)
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(path)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if reference is not None:
+            save_model(reference, str(tmp / "reference.safetensors"))
+        if optimizer_state is not None:
+            tensors, meta = optimizer_to_safetensors(optimizer_state)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            (tmp / "optimizer.json").write_text(json.dumps(meta))
+        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+        _fsync_tree(tmp)
+        if path.exists():  # re-saving the same step (e.g. the final save of a run resumed at its end)
+            old = path.parent / f".old-{path.name}"
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)  # a crash right here leaves .old-checkpoint-N, which list_checkpoints still finds
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; never leave half a checkpoint
+        raise CheckpointError(_save_failed(path, e)) from e
+    _remove_debris(path.parent)
     return path
+
+
+def _save_failed(path: Path, e: BaseException) -> str:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if isinstance(e, OSError) and e.strerror:
+        reason = f"{e.strerror} (errno {e.errno})" + (f": {e.filename}" if e.filename else "")
+    intact = list_checkpoints(path.parent)
+    newest = f"the newest intact checkpoint is {intact[-1].name}" if intact else "no earlier checkpoint exists"
+    return (
+        f"could not write checkpoint {str(path)!r}: {reason}; {newest}. "
+        "Free disk space (or set output_dir to a folder with room) and continue with --resume latest"
+    )
+
+
+def _remove_debris(root: Path) -> None:
+    """After a successful save, delete what earlier crashes left behind (never a complete checkpoint)."""
+    for p in root.iterdir():
+        if p.name.startswith(_DEBRIS):
+            shutil.rmtree(p, ignore_errors=True)
+        elif (m := _OLD.match(p.name)) and (root / f"checkpoint-{m.group(1)}" / STATE_FILE).is_file():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -124,7 +205,14 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def load_trainer_state(path: Path) -> dict:
-    return json.loads((Path(path) / STATE_FILE).read_text())
+    file = Path(path) / STATE_FILE
+    try:
+        state = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"checkpoint {str(path)!r}: {STATE_FILE} is unreadable ({type(e).__name__}); resume from another checkpoint") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ConfigError(f"checkpoint {str(path)!r}: {STATE_FILE} holds no 'step'; resume from another checkpoint")
+    return state
 
 
 def load_reference(reference, path: Path) -> None:

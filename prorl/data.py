@@ -6,6 +6,7 @@ batch a process takes is decided in ``prorl.dist.local_slice`` so that sharding 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -40,9 +41,16 @@ def load_prompt_dataset(cfg: Config) -> datasets.Dataset:
         ds = _load_external(source, cfg)
     ds = _rename(ds, cfg.rename_columns, source)
     ds = _prompt_column(ds, cfg.prompt_column, source)
+    _check_prompt_type(ds, cfg.prompt_column, source)
+    total = len(ds)
     ds = ds.filter(_non_empty, input_columns="prompt")
     if len(ds) == 0:
-        raise ConfigError(f"dataset={source!r} has no non-empty prompts in column '{cfg.prompt_column}'")
+        raise ConfigError(
+            f"dataset={source!r} has no non-empty prompts in column '{cfg.prompt_column}' ({total} rows, all empty); "
+            "check the file or set prompt_column"
+        )
+    if len(ds) < total:
+        log.warning("dataset=%r: skipped %d empty prompt(s) of %d", source, total - len(ds), total)
     if cfg.max_prompts is not None and len(ds) > cfg.max_prompts:
         ds = ds.shuffle(seed=cfg.seed).select(range(cfg.max_prompts))
     return ds
@@ -52,17 +60,7 @@ def _load_external(source: str, cfg: Config) -> datasets.Dataset:
     path = Path(source)
     try:
         if path.is_file():
-            fmt = _LOCAL_FORMATS.get(path.suffix.lower())
-            if fmt is None:
-                raise ConfigError(f"dataset={source!r}: unsupported file type '{path.suffix}'; use one of {', '.join(_LOCAL_FORMATS)}")
-            if path.stat().st_size == 0:
-                raise ConfigError(f"dataset={source!r} is an empty file")
-            if fmt != "parquet":
-                _check_utf8(path, source)
-            ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
-            if fmt == "text":
-                ds = ds.rename_column("text", "prompt") if cfg.prompt_column == "prompt" else ds
-            return ds
+            return _load_local_file(path, source, cfg)
         if path.is_dir():
             if (path / "dataset_info.json").exists() or (path / "state.json").exists():
                 ds = datasets.load_from_disk(str(path))
@@ -86,6 +84,74 @@ def _load_external(source: str, cfg: Config) -> datasets.Dataset:
         if isinstance(cause, UnicodeDecodeError) or "utf-8" in msg.lower() or "decode" in msg.lower():
             raise ConfigError(f"dataset={source!r} is not valid UTF-8; re-encode it as UTF-8") from None
         raise ConfigError(f"dataset={source!r} could not be loaded ({type(e).__name__}: {msg}); check the name, split and your network") from None
+
+
+def _load_local_file(path: Path, source: str, cfg: Config) -> datasets.Dataset:
+    fmt = _LOCAL_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"dataset={source!r}: unsupported file type '{path.suffix}'; use one of {', '.join(_LOCAL_FORMATS)}")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"dataset={source!r} is an empty file")
+    if fmt != "parquet":
+        _check_utf8(path, source)
+    try:
+        with _datasets_errors_silenced():  # its own multi-line ERROR log would precede our one line
+            ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+    except Exception as e:  # datasets wraps the parser's error (pyarrow, pandas) in DatasetGenerationError
+        raise ConfigError(_parse_error(path, source, fmt, e)) from None
+    if fmt == "text":
+        ds = ds.rename_column("text", "prompt") if cfg.prompt_column == "prompt" else ds
+    return ds
+
+
+@contextlib.contextmanager
+def _datasets_errors_silenced():
+    from datasets.utils import logging as datasets_logging
+
+    old = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets_logging.set_verbosity(old)
+
+
+def _parse_error(path: Path, source: str, fmt: str, e: BaseException) -> str:
+    """One line naming the bad line (JSON) or the parser's own reason, not datasets' generic wrapper."""
+    import json
+
+    kind = {"json": "JSON Lines" if path.suffix.lower() == ".jsonl" else "JSON", "csv": "CSV", "parquet": "Parquet", "text": "text"}[fmt]
+    if fmt == "json" and path.suffix.lower() == ".jsonl":
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as bad:
+                    return f"dataset={source!r} line {number} is not valid JSON ({bad.msg}); fix or remove that line"
+                if not isinstance(row, dict):
+                    return f"dataset={source!r} line {number} is a JSON {type(row).__name__}, not an object; write one {{\"prompt\": ...}} object per line"
+    elif fmt == "json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as bad:
+            return f"dataset={source!r} is not valid JSON ({bad.msg} at line {bad.lineno}); fix the file or use one object per line (.jsonl)"
+    root = e
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    reason = (str(root).strip().splitlines() or [type(root).__name__])[0]
+    return f"dataset={source!r} could not be parsed as {kind}: {reason}; fix the file"
+
+
+def _check_prompt_type(ds: datasets.Dataset, column: str, source) -> None:
+    """Prompts must be text (or chat messages); numbers would otherwise be dropped as 'empty'."""
+    feature = ds.features.get("prompt")
+    dtype = getattr(feature, "dtype", None)
+    if isinstance(feature, datasets.Value) and dtype not in ("string", "large_string", "null"):
+        raise ConfigError(
+            f"dataset={source!r}: column '{column}' holds {dtype} values, not text; point prompt_column at the prompt text"
+        )
 
 
 def _check_utf8(path: Path, source: str) -> None:

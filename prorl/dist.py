@@ -92,13 +92,14 @@ def broadcast_object(acc: Accelerator, obj):
 #   until the rollout ends, so the sampling loop's forwards run no collectives (processes may stop
 #   after different numbers of tokens). The reference stays a full frozen copy per process.
 # - FSDP1: same idea through `summon_full_params` plus plain (hook-free) forwards; needs
-#   `fsdp_use_orig_params: true`. Saving under FSDP1 needs the trainer changes in the README.
+#   `fsdp_use_orig_params: true`. Saving under FSDP1 needs Trainer.save to call no state_dict() on the
+#   main process alone (its model fingerprint did: that all-gathers under FSDP1 and hangs).
 # - DeepSpeed ZeRO-3: gathers parameters for generation (untested here); checkpoints carry no
 #   optimizer state (DeepSpeed keeps it in flat partitions), so a resume restarts Adam's moments.
 
 from accelerate.utils import DistributedType  # noqa: E402
 
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.", "module.")
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
 def _fsdp_version(acc: Accelerator) -> int:
@@ -332,8 +333,8 @@ def optimizer_state_to_save(acc: Accelerator, model, optimizer) -> dict | None:
 
 
 def _own_storage(param_state: dict) -> dict:
-    """Give tensors that are views of one shared gather buffer (FSDP1 on CPU returns exp_avg and
-    exp_avg_sq that way) their own storage, so safetensors can write them."""
+    """Tensors that view a larger or shared buffer (a gather buffer) get their own storage, so
+    safetensors can write them."""
     out, seen = {}, set()
     for key, value in param_state.items():
         if torch.is_tensor(value):

@@ -8,32 +8,35 @@ Every task yields a :class:`datasets.Dataset` with two string columns:
 ``arithmetic`` (the default task, and the one the shipped ``data/tiny-arith`` model was
 pre-trained on)
 -----------------------------------------------------------------------------------
-Integer addition of two operands that each have 2 or 3 digits (10..999)::
+Integer addition of two 3-digit operands (100..999)::
 
-    prompt      "47+385="      (operands in decimal, no spaces, no leading zeros, ends with "=")
-    completion  "432" + EOS     (just the decimal digits of the sum, then the EOS token)
-    answer      "432"
+    prompt      "147+385="     (operands in decimal, no spaces, ends with "=")
+    completion  "532" + EOS     (just the decimal digits of the sum, then the EOS token)
+    answer      "532"
 
-The prompt is at most 8 characters and the completion at most 4 digits + EOS, so with the
-character-level tokenizer of ``data/tiny-arith`` the prompt is <= 8 tokens and a correct
-completion is <= 5 tokens (the quick start's ``max_new_tokens`` of 8 leaves headroom). A
+The prompt is always 8 characters and the answer 3 or 4 digits, so with the character-level
+tokenizer of ``data/tiny-arith`` the prompt is 8 tokens and a correct completion is at most
+5 tokens (the quick start's ``max_new_tokens`` of 8 leaves headroom). A
 completion is correct when the *last* integer in it equals the answer numerically -- this is
 exactly what the ``exact_match`` reward checks, and a completion of bare digits followed by
 EOS is its natural format (see :func:`is_correct`).
 
-Why this task: the answer is checked exactly and cheaply; the skill (multi-digit addition with
-carries, written most-significant digit first, so the model has to look ahead for carries) is
-learnable by a ~1M-parameter transformer, but not in the few CPU minutes the build script spends
-on it -- the resulting model knows the format and usually the leading digits, while its
-sampling distribution is spread over nearby wrong sums. That is the regime where RL on the
-exact-match reward helps quickly: sharpening a partly-learned skill. Mixing 2- and 3-digit
-operands gives a spread of difficulty, so a GRPO group of samples for one prompt is neither
-always right nor always wrong.
+Why this task: the answer is checked exactly and cheaply, and the skill is learnable from
+scratch by a ~1M-parameter transformer in CPU minutes, passing through a long "partly capable"
+phase that the build script stops in. Fixed-width operands make digit alignment purely
+positional, so the model reliably learns the format and the digit-wise sums early (an earlier
+version mixed 2- and 3-digit operands: whether the model ever learned to align them within the
+budget depended on the seed). What remains hard is carrying, because the sum is written
+most-significant digit first: every digit depends on whether the lower digits carry. The
+partly trained model therefore spreads its samples over near misses (a digit off by one), and
+how hard a prompt is varies with its carry pattern, so a GRPO group of samples for one prompt is
+often neither all right nor all wrong. That is the regime where RL on the exact-match reward
+helps quickly: sharpening a partly-learned skill.
 
 Held-out split: a problem belongs to ``"test"`` iff a hash of its unordered operand pair
 ``(min(a, b), max(a, b))`` is 0 modulo 10 (see :func:`arithmetic_split_of`), else to
 ``"train"``. So the splits are disjoint, ``a+b`` and ``b+a`` always fall in the same split, and
-about 10% of the ~960k problems are held out. Pre-training (``data/build_tiny_model.py``) only
+about 10% of the 810,000 problems are held out. Pre-training (``data/build_tiny_model.py``) only
 ever sees train-split problems.
 
 Usage::
@@ -69,20 +72,20 @@ __all__ = [
 
 SPLITS = ("train", "test")
 
-# Operand range of the arithmetic task: 2- and 3-digit numbers.
-ARITH_MIN = 10
+# Operand range of the arithmetic task: 3-digit numbers.
+ARITH_MIN = 100
 ARITH_MAX = 999
 # 1 in ARITH_TEST_MOD unordered operand pairs is held out.
 ARITH_TEST_MOD = 10
 
 
 def task_prompt(a: int, b: int) -> str:
-    """The arithmetic prompt for ``a + b``, e.g. ``task_prompt(47, 385) == "47+385="``."""
+    """The arithmetic prompt for ``a + b``, e.g. ``task_prompt(147, 385) == "147+385="``."""
     return f"{a}+{b}="
 
 
 def format_completion(answer: str | int) -> str:
-    """The target completion text for an answer (the model then emits EOS): ``"432"``."""
+    """The target completion text for an answer (the model then emits EOS): ``"532"``."""
     return str(answer)
 
 
@@ -117,10 +120,7 @@ def arithmetic_split_of(a: int, b: int) -> str:
 
 
 def _sample_operand(rng: random.Random) -> int:
-    # Pick the digit count first (2 or 3, equally likely), then the value: this keeps 2-digit
-    # operands common (uniform over 10..999 would make 90% of operands 3-digit).
-    n_digits = rng.choice((2, 3))
-    return rng.randint(10 ** (n_digits - 1), 10**n_digits - 1)
+    return rng.randint(ARITH_MIN, ARITH_MAX)
 
 
 def arithmetic_problems(split: str, rng: random.Random) -> Iterator[tuple[int, int]]:
@@ -162,10 +162,10 @@ class TaskSpec:
 BUILTIN_TASKS: dict[str, TaskSpec] = {
     "arithmetic": TaskSpec(
         name="arithmetic",
-        description="addition of 2-/3-digit integers: prompt '47+385=', completion '432' + EOS",
+        description="addition of 3-digit integers: prompt '147+385=', completion '532' + EOS",
         make_rows=_arithmetic_rows,
         default_n={"train": 2000, "test": 200},
-        # ~960k ordered pairs in total, ~10% held out; stay well clear of exhausting a split.
+        # 810k ordered pairs in total, ~10% held out; stay well clear of exhausting a split.
         max_n={"train": 500_000, "test": 50_000},
     ),
 }

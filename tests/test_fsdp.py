@@ -61,12 +61,34 @@ def force_fsdp(acc, version: int) -> None:
         acc.get_state_dict = get_state_dict
 
 
+def _generation_probe(trainer, cfg) -> dict:
+    """Inside `unwrapped_for_generation` every process runs a DIFFERENT number of forwards (as the
+    sampling loop does when one process's completions all end early); outside it, the sharded model
+    must work as before. Logits are compared with the unsharded model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from prorl import dist
+
+    acc = trainer.acc
+    plain = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path).eval()
+    ids = torch.randint(3, plain.config.vocab_size, (3, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = plain(input_ids=ids).logits
+        with dist.unwrapped_for_generation(acc, trainer.model) as policy:
+            diffs = [float((policy(input_ids=ids).logits - want).abs().max()) for _ in range(1 + 2 * acc.process_index)]
+        after = float((trainer.model(input_ids=ids).logits - want).abs().max())  # the sharded forward again
+    return {"rank": acc.process_index, "forwards": len(diffs), "max_diff": max(diffs), "after_diff": after}
+
+
 def _main(argv: list[str]) -> int:
-    """torchrun entry point: `tests/test_fsdp.py VERSION --option value ...` (VERSION 1 or 2)."""
+    """torchrun entry point: `tests/test_fsdp.py [gen] VERSION --option value ...` (VERSION 1 or 2)."""
     from prorl import checkpoint, dist
     from prorl.cli import parse_train_args
     from prorl.trainer import Trainer
 
+    probe_generation = argv[0] == "gen"
+    argv = argv[1:] if probe_generation else argv
     version, cfg = int(argv[0]), parse_train_args(argv[1:])
     acc = dist.make_accelerator()
     force_fsdp(acc, version)
@@ -83,6 +105,11 @@ def _main(argv: list[str]) -> int:
         path = checkpoint.resolve_resume(cfg.resume, cfg.output_dir)
         dist._load_optimizer_state(acc, trainer.model, trainer.optimizer, load_optimizer_state(path))
     sharded_class = type(trainer.model).__name__
+    if probe_generation:
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"gen_probe_{acc.process_index}.json").write_text(json.dumps(_generation_probe(trainer, cfg)))
+        return 0
     trainer.train()
     if acc.is_main_process:
         probe = {"distributed_type": str(acc.distributed_type), "is_fsdp2": acc.is_fsdp2, "model_class": sharded_class}
@@ -185,6 +212,11 @@ def train_fsdp(version: int, out, **overrides):
     return _run([*_torchrun(2), "tests/test_fsdp.py", str(version), *_opts(out, **overrides)])
 
 
+def probe_generation(version: int, out):
+    _run([*_torchrun(2), "tests/test_fsdp.py", "gen", str(version), *_opts(out)], timeout=300)
+    return [json.loads((out / f"gen_probe_{r}.json").read_text()) for r in (0, 1)]
+
+
 def train_plain(nproc: int, out, **overrides):
     launcher = [sys.executable] if nproc == 1 else _torchrun(nproc)
     return _run([*launcher, "-m", "prorl", "train", *_opts(out, **overrides)])
@@ -233,6 +265,17 @@ def _check_sharded_run(tmp_path, version: int):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7)
     diff = max_rel_diff(policy, tensors(tmp_path / "ddp" / "checkpoint-000002"))
     assert diff < SAME_RUN, diff
+
+
+@needs_fsdp_on_cpu
+@pytest.mark.parametrize("version", [2, 1])
+def test_generation_forwards_run_no_collectives(tmp_path, version):
+    """Processes may run different numbers of forwards while generating (no hang: the run's timeout
+    would fail the test), with the logits of the unsharded model; then the sharded model is intact."""
+    probes = probe_generation(version, tmp_path / "gen")
+    assert [p["forwards"] for p in probes] == [1, 3]
+    for p in probes:
+        assert p["max_diff"] < 1e-5 and p["after_diff"] < 1e-5, p
 
 
 @needs_fsdp_on_cpu
