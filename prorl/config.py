@@ -103,7 +103,7 @@ class Config:
 
     # --- reference policy (ProRL) ---
     ref_reset_every: int = opt(0, "Reset the reference policy to the current policy every K steps (0 = never).")
-    ref_reset_optimizer: bool = opt(True, "Also reset the optimizer state when the reference is reset (as in ProRL).")
+    ref_reset_optimizer: bool = opt(True, "Also reset the optimizer state at each hard reference reset (ref_update=reset; as in ProRL). EMA updates never reset it.")
     ref_update: str = opt("reset", "How the reference follows the policy: reset (hard copy) or ema (ref <- (1-alpha) ref + alpha policy).", choices=REF_UPDATES)
     ref_ema_alpha: float = opt(0.1, "Mixing weight alpha for ref_update=ema.")
 

@@ -91,7 +91,7 @@ def _load_local_file(path: Path, source: str, cfg: Config) -> datasets.Dataset:
     if fmt is None:
         raise ConfigError(f"dataset={source!r}: unsupported file type '{path.suffix}'; use one of {', '.join(_LOCAL_FORMATS)}")
     if path.stat().st_size == 0:
-        raise ConfigError(f"dataset={source!r} is an empty file")
+        raise ConfigError(f"dataset={source!r} is an empty file; put one prompt per line (.txt) or one JSON object per line (.jsonl)")
     if fmt != "parquet":
         _check_utf8(path, source)
     try:

@@ -319,6 +319,9 @@ def optimizer_state_to_save(acc: Accelerator, model, optimizer) -> dict | None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     torch_opt = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wrapper
+    if not torch_opt.state:  # no step yet, or just reset (ref_reset_optimizer): nothing to gather, and
+        # get_optimizer_state_dict would "initialise" it with a zero-gradient step (Adam's step count 1)
+        return _empty_optimizer_state(torch_opt) if acc.is_main_process else {}
     names = _plain_param_names(acc, model)
     # cpu_offload gathers to the main process's CPU only; on a CPU device there is nothing to offload,
     # and torch 2.13's FSDP1 then returns exp_avg/exp_avg_sq aliasing one buffer (wrong values)
@@ -330,6 +333,15 @@ def optimizer_state_to_save(acc: Accelerator, model, optimizer) -> dict | None:
     state = {index[_clean_name(fqn)]: _own_storage(st) for fqn, st in full["state"].items()}
     groups = [dict(g, params=sorted(index[_clean_name(f)] for f in g["params"])) for g in full["param_groups"]]
     return {"state": state, "param_groups": groups}
+
+
+def _empty_optimizer_state(torch_opt) -> dict:
+    """What `optimizer.state_dict()` of the plain optimizer returns before its first step."""
+    groups, start = [], 0
+    for g in torch_opt.param_groups:
+        groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(start, start + len(g["params"])))})
+        start += len(g["params"])
+    return {"state": {}, "param_groups": groups}
 
 
 def _own_storage(param_state: dict) -> dict:
@@ -358,6 +370,8 @@ def _load_optimizer_state(acc: Accelerator, model, optimizer, state: dict | None
     if version == 0:
         optimizer.load_state_dict(state)
         return
+    if not state["state"]:  # saved before any step: leave the fresh optimizer alone (set_optimizer_state_dict
+        return  # would take a zero-gradient step to create state, starting Adam's step count at 1)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     names = _plain_param_names(acc, model)

@@ -10,10 +10,16 @@ Why our own sampling loop instead of `model.generate`:
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, LogitsProcessor
+
+try:
+    from transformers.cache_utils import DynamicLayer
+except ImportError:  # transformers < 4.56: no per-layer caches; `generate` runs the plain loop
+    DynamicLayer = None
 
 _M32 = 0xFFFFFFFF
 
@@ -133,7 +139,6 @@ def _returned_cache(out):
     return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
 
 
-@torch.no_grad()
 def generate(
     model,
     prompt_ids: torch.Tensor,
@@ -148,13 +153,40 @@ def generate(
     top_p: float = 1.0,
     top_k: int = 0,
     logits_hook=None,
+    fast: bool = True,
 ) -> Rollout:
     """Sample `n_samples` completions for each prompt.
 
     prompt_ids, prompt_mask: [P, Lp] left-padded prompts. keys: [P * n_samples] int64 sample keys
     (see `sample_keys`), prompt-major. Returns a `Rollout` with B = P * n_samples rows.
-    `logits_hook(logits) -> logits` lets tests inject faults before sanitising.
+    `logits_hook(logits) -> logits` lets tests inject faults before sanitising; it always sees the
+    full [B, V] batch (finished rows are then kept in the batch).
+
+    `fast=True` (the default) gives the same tokens and log-probs as `fast=False`, the plain loop kept
+    as the reference, with less work per token: the KV cache grows in place in a preallocated buffer
+    instead of being re-concatenated every token, the per-token uniforms are computed once up front,
+    the full NaN/inf repair only runs when a row is not finite, and rows that emitted EOS are dropped
+    from the batch and the KV cache (once they are at least 1/8 of it) so later tokens cost less.
     """
+    with torch.no_grad():
+        if fast and DynamicLayer is not None:
+            return _generate_fast(
+                model, prompt_ids, prompt_mask, n_samples=n_samples, keys=keys, max_new_tokens=max_new_tokens,
+                eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, temperature=temperature, top_p=top_p,
+                top_k=top_k, logits_hook=logits_hook,
+            )
+        return _generate_plain(
+            model, prompt_ids, prompt_mask, n_samples=n_samples, keys=keys, max_new_tokens=max_new_tokens,
+            eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, temperature=temperature, top_p=top_p,
+            top_k=top_k, logits_hook=logits_hook,
+        )
+
+
+def _generate_plain(
+    model, prompt_ids, prompt_mask, *, n_samples, keys, max_new_tokens, eos_token_ids, pad_token_id,
+    temperature=1.0, top_p=1.0, top_k=0, logits_hook=None,
+) -> Rollout:
+    """The reference sampling loop: every row is run to the end, the cache grows by concatenation."""
     device = prompt_ids.device
     cache_kw = _cache_kwarg(model)
     P, Lp = prompt_ids.shape
@@ -216,6 +248,221 @@ def generate(
         completion_ids=tokens_out[:, :length],
         completion_mask=mask_out[:, :length],
         logprobs=logp_out[:, :length],
+        truncated=~finished,
+        repaired_rows=repaired,
+    )
+
+
+# ----------------------------------------------------------------------
+# The fast loop
+
+class _BufferedLayer(DynamicLayer or object):
+    """A `DynamicLayer` whose keys/values are views into a preallocated [B, H, capacity, D] buffer:
+    appending a token writes it in place, instead of `torch.cat` copying the whole cache every token.
+    The views hold exactly the same values as the concatenated tensors, so attention is unchanged."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int, repeats: int = 1):
+        super().__init__()
+        P, H, L, _ = keys.shape
+        self._k = keys.new_empty((P * repeats, H, capacity, keys.shape[-1]))
+        self._v = values.new_empty((P * repeats, H, capacity, values.shape[-1]))
+        # the prompt's KV is computed once, shared by its group of `repeats` rows
+        self._k.view(P, repeats, H, capacity, -1)[:, :, :, :L].copy_(keys.unsqueeze(1))
+        self._v.view(P, repeats, H, capacity, -1)[:, :, :, :L].copy_(values.unsqueeze(1))
+        self.device = keys.device
+        self.is_initialized = True
+        self._set_len(L)
+
+    def _set_len(self, n: int) -> None:
+        self._len = n
+        self.keys = self._k[:, :, :n]
+        self.values = self._v[:, :, :n]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n, m = self._len, key_states.shape[-2]
+        if n + m > self._k.shape[-2]:  # out of room (never in `generate`): grow geometrically
+            self._k, self._v = self._grown(self._k, n, n + m), self._grown(self._v, n, n + m)
+        self._k[:, :, n : n + m].copy_(key_states)
+        self._v[:, :, n : n + m].copy_(value_states)
+        self._set_len(n + m)
+        return self.keys, self.values
+
+    @staticmethod
+    def _grown(buf, n, need):
+        new = buf.new_empty((*buf.shape[:2], max(need, 2 * buf.shape[2]), buf.shape[3]))
+        new[:, :, :n].copy_(buf[:, :, :n])
+        return new
+
+    def get_seq_length(self) -> int:
+        return self._len
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        n = self._len
+        k = self._k.new_empty((indices.numel(), *self._k.shape[1:]))
+        v = self._v.new_empty((indices.numel(), *self._v.shape[1:]))
+        k[:, :, :n] = self._k[indices, :, :n]  # only the filled part is copied
+        v[:, :, :n] = self._v[indices, :, :n]
+        self._k, self._v = k, v
+        self._set_len(n)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._k = self._k.repeat_interleave(repeats, dim=0)
+        self._v = self._v.repeat_interleave(repeats, dim=0)
+        self._set_len(self._len)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0:
+            self._set_len(max(self._len + tokens_to_remove, 0))
+        elif tokens_to_remove > 0:
+            super().crop(tokens_to_remove)  # raises, as DynamicLayer does
+
+    def reset(self) -> None:
+        self._set_len(0)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx.to(self._k.device))
+
+    def offload(self):  # offloading would move the views, not the buffers
+        raise NotImplementedError("prorl's rollout cache does not offload")
+
+
+def _buffer_cache(cache, capacity: int, repeats: int) -> bool:
+    """Swap a prefilled DynamicCache's layers for buffered ones (in place); False if the cache has any
+    layer type we do not know (sliding windows, linear attention, ...): then the plain loop runs."""
+    layers = getattr(cache, "layers", None)
+    if not layers or getattr(cache, "offloading", False):
+        return False
+    if any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers):
+        return False
+    cache.layers = [_BufferedLayer(l.keys, l.values, capacity, repeats) for l in layers]
+    return True
+
+
+def _uniform_table(keys: torch.Tensor, steps: int) -> torch.Tensor:
+    """[B, steps] float64: column t equals `uniform_from_keys(keys, t)` bit for bit (same integer ops, batched)."""
+    t = torch.arange(steps, dtype=keys.dtype, device=keys.device)
+    a = _mix32(keys.unsqueeze(1) ^ _mix32(2 * t + 1).unsqueeze(0))
+    b = _mix32(a ^ 0x5BD1E995)
+    bits = ((a >> 6) << 27) | (b >> 5)
+    return (bits.double() + 0.5) / float(1 << 53)
+
+
+# Finished rows are dropped only while at least this many rows stay in the batch. Below ~16 rows a
+# decode step costs about the same whatever the row count (it is bound by reading the weights), and
+# BLAS picks other kernels for very small batches (1-11 rows on this CPU), whose rounding would make
+# the log-probs differ from the plain loop's in the last bit.
+_MIN_ROWS = 16
+
+
+def _generate_fast(
+    model, prompt_ids, prompt_mask, *, n_samples, keys, max_new_tokens, eos_token_ids, pad_token_id,
+    temperature=1.0, top_p=1.0, top_k=0, logits_hook=None,
+) -> Rollout:
+    device = prompt_ids.device
+    cache_kw = _cache_kwarg(model)
+    P, Lp = prompt_ids.shape
+    B = P * n_samples
+    position = prompt_mask.long().cumsum(-1) - 1
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=position.clamp(min=0),
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_kw: DynamicCache()},
+    )
+    cache = _returned_cache(out)
+    if not _buffer_cache(cache, Lp + max_new_tokens, n_samples):
+        del out, cache
+        return _generate_plain(
+            model, prompt_ids, prompt_mask, n_samples=n_samples, keys=keys, max_new_tokens=max_new_tokens,
+            eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, temperature=temperature, top_p=top_p,
+            top_k=top_k, logits_hook=logits_hook,
+        )
+    logits = out.logits[:, -1, :].repeat_interleave(n_samples, dim=0)
+    del out
+    # the attention mask of every position the loop can reach, sliced (a view) per token
+    attn = torch.ones((B, Lp + max_new_tokens), dtype=prompt_mask.dtype, device=device)
+    attn[:, :Lp] = prompt_mask.repeat_interleave(n_samples, dim=0)
+    next_pos = position[:, -1:].repeat_interleave(n_samples, dim=0) + 1
+    uniforms = _uniform_table(keys, max_new_tokens)
+
+    eos_list = sorted(set(int(e) for e in eos_token_ids))
+    eos = torch.tensor(eos_list, device=device)
+    single_eos = eos_list[0] if len(eos_list) == 1 else None
+    filtering = bool(top_k and top_k < logits.size(-1)) or top_p < 1.0
+    compact = logits_hook is None  # a hook addresses rows of the full batch: keep them in place
+
+    rows = torch.arange(B, device=device)  # batch row -> output row
+    live = torch.ones(B, dtype=torch.bool, device=device)  # batch rows still generating
+    n_live = B
+    done_at = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)  # completion length per output row
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    segments = []  # (output rows, first step, [tokens per step], [log-probs per step]) between compactions
+    seg_toks, seg_lps, seg_start = [], [], 0
+    repaired = 0
+    length = 0
+    for t in range(max_new_tokens):
+        logits = logits.float()
+        if logits_hook is not None:
+            logits = logits_hook(logits)
+        if not math.isfinite(float(logits.sum())):  # any NaN/inf makes the sum non-finite; then repair
+            logits, n_bad = sanitize_logits(logits)
+            repaired += n_bad
+        scaled = logits if temperature == 1.0 else logits / temperature  # x / 1.0 == x exactly
+        logp_all = torch.log_softmax(scaled, dim=-1)
+        tok = sample_tokens(filter_logits(scaled, top_k, top_p) if filtering else scaled, uniforms[:, t])
+        seg_toks.append(tok)
+        seg_lps.append(logp_all.gather(-1, tok.unsqueeze(-1)).squeeze(-1))
+        length = t + 1
+        hit = (tok == single_eos) if single_eos is not None else torch.isin(tok, eos)
+        hit &= live
+        if bool(hit.any()):
+            out_rows = rows[hit]
+            done_at[out_rows] = t + 1
+            finished[out_rows] = True
+            live &= ~hit
+            n_live = int(live.sum())
+            if n_live == 0:
+                break
+        if t == max_new_tokens - 1:
+            break
+        n_rows = rows.numel()
+        if compact and (n_rows - n_live) * 8 >= n_rows and n_live >= _MIN_ROWS:
+            # drop finished rows from the batch and the KV cache
+            segments.append((rows, seg_start, seg_toks, seg_lps))
+            seg_toks, seg_lps, seg_start = [], [], t + 1
+            keep = live.nonzero().squeeze(-1)
+            rows, tok = rows[keep], tok[keep]
+            live = live[keep]
+            attn, next_pos, uniforms = attn[keep], next_pos[keep], uniforms[keep]
+            cache.batch_select_indices(keep)
+        out = model(
+            input_ids=tok.unsqueeze(-1),
+            attention_mask=attn[:, : Lp + t + 1],
+            position_ids=next_pos,
+            use_cache=True,
+            **{cache_kw: cache},
+        )
+        cache = _returned_cache(out)
+        logits = out.logits[:, -1, :]
+        del out
+        next_pos = next_pos + 1
+    segments.append((rows, seg_start, seg_toks, seg_lps))
+
+    tokens_out = torch.full((B, length), pad_token_id, dtype=torch.long, device=device)
+    logp_out = torch.zeros((B, length), dtype=torch.float32, device=device)
+    for seg_rows, start, toks, lps in segments:
+        if toks:
+            tokens_out[seg_rows, start : start + len(toks)] = torch.stack(toks, dim=1)
+            logp_out[seg_rows, start : start + len(lps)] = torch.stack(lps, dim=1).float()
+    mask = torch.arange(length, device=device).unsqueeze(0) < done_at.unsqueeze(1)  # up to and with EOS
+    return Rollout(
+        prompt_ids=prompt_ids.repeat_interleave(n_samples, dim=0),
+        prompt_mask=prompt_mask.repeat_interleave(n_samples, dim=0),
+        completion_ids=torch.where(mask, tokens_out, pad_token_id),
+        completion_mask=mask.long(),
+        logprobs=torch.where(mask, logp_out, 0.0),
         truncated=~finished,
         repaired_rows=repaired,
     )

@@ -155,6 +155,7 @@ class _Round:
     completions: list
     lengths: torch.Tensor
     all_rewards: torch.Tensor  # [n_global]
+    all_task: torch.Tensor  # [n_global] the rewards before the KL shift: zero signal is judged on these
     all_groups: torch.Tensor  # [n_global]
     offset: int  # where this process's rows start in the gathered tensors
     take: int  # prompts drawn (global)
@@ -192,6 +193,9 @@ class Trainer:
             cfg, str(resume_path) if resume_path and not cfg.lora_r else None
         )
         self.eos_ids = eos_ids(self.model, self.tokenizer)
+        if cfg.dtype != "float32" and self.acc.is_main_process:
+            log.warning("dtype=%s trains the %s weights directly (no float32 master copy): updates smaller than the "
+                        "weights' precision are lost; use dtype=float32 unless memory forces otherwise", cfg.dtype, cfg.dtype)
         self.reference = None
         self.has_reference = cfg.kl_beta > 0
         if cfg.lora_r:
@@ -372,12 +376,14 @@ class Trainer:
         rewards = scored
         if cfg.truncation == "zero_reward":  # "stop properly": no credit for a completion cut at max_length
             rewards = torch.where(ro.truncated, torch.zeros_like(rewards), rewards)
+        # a group whose task rewards are all equal has no signal, whatever the per-sample KL shift below
+        all_task = dist.gather_varlen(acc, rewards)
         if cfg.kl_in_reward and self.has_reference:
             rewards = rewards - cfg.kl_beta * self._sequence_kl(ro)
         all_rewards = dist.gather_varlen(acc, rewards)
         all_groups = dist.gather_varlen(acc, group)
         offset = dist.rank_offset(acc, rewards.numel(), self.device)
-        return _Round(ro, rewards, scored, rw, rep_prompts, completions, lengths, all_rewards, all_groups, offset, take)
+        return _Round(ro, rewards, scored, rw, rep_prompts, completions, lengths, all_rewards, all_task, all_groups, offset, take)
 
     @torch.no_grad()
     def _reference_logprobs(self, *inputs, **kw) -> torch.Tensor:
@@ -409,7 +415,7 @@ class Trainer:
         rounds, take, signal = [], cfg.batch_size, 0
         for _ in range(1 + cfg.dynamic_sampling_rounds):
             rounds.append(self._sample_round(take))
-            zero = algos.zero_signal_mask(rounds[-1].all_rewards, rounds[-1].all_groups)
+            zero = algos.zero_signal_mask(rounds[-1].all_task, rounds[-1].all_groups)
             signal += int((~zero).sum()) // n
             missing = cfg.batch_size - signal
             if missing <= 0 or not cfg.skip_zero_signal:
@@ -427,7 +433,7 @@ class Trainer:
             mine.append(torch.arange(r.offset, r.offset + r.rewards.numel(), device=self.device) + base)
             base += r.all_rewards.numel()
         mine = torch.cat(mine)
-        zero_signal = algos.zero_signal_mask(all_rewards, all_groups)
+        zero_signal = algos.zero_signal_mask(torch.cat([r.all_task for r in rounds]), all_groups)
         used = ~zero_signal if cfg.skip_zero_signal else torch.ones_like(zero_signal)
         if cfg.dynamic_sampling_rounds:
             used &= _first_groups(all_groups, used, cfg.batch_size)
@@ -639,7 +645,7 @@ class Trainer:
             return
         alpha = 1.0 if self.cfg.ref_update == "reset" else self.cfg.ref_ema_alpha
         dist.copy_policy_into_reference(self.acc, self.model, self.reference, alpha=alpha)
-        if self.cfg.ref_reset_optimizer:
+        if self.cfg.ref_reset_optimizer and alpha == 1.0:  # an EMA step is not a reset: keep Adam's moments
             self.optimizer.state.clear()
         self.totals["ref_resets"] += 1
 

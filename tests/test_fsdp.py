@@ -12,8 +12,9 @@ From there on it is accelerate's and torch's real FSDP code: `acc.prepare` shard
 
     python -m torch.distributed.run --nproc_per_node 2 tests/test_fsdp.py 2 --max_steps 2 ...
 
-Two trainer-side workarounds live in `_main` until the trainer changes described in the README's
-"Scaling" section land (the optimizer state must be loaded after `acc.prepare`; FSDP1 saving).
+`_main` loads a resumed optimizer state after `acc.prepare` itself, as the trainer must under FSDP
+(it loads it before, and FSDP's prepare drops it). The FSDP1 end-to-end test skips itself while
+`Trainer.save` hashes the model's state_dict on the main process only (a hang under FSDP1).
 """
 
 import json
@@ -129,8 +130,9 @@ import pytest  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-# a reward with signal even for an untrained model, so every step really updates the policy
-REWARD = "def digit_frac(prompts, completions, **kw):\n    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]\n"
+# a reward that tells apart any two different completions (of an untrained or a trained model), so
+# groups carry signal and every step really updates the policy
+REWARD = "def text_hash(prompts, completions, **kw):\n    return [sum(map(ord, c)) % 7 / 6 for c in completions]\n"
 
 COMMON = dict(
     dataset="builtin:arithmetic", batch_size=4, n_samples=4, micro_batch_size=4, max_length=6,
@@ -150,8 +152,6 @@ def _fsdp_on_cpu_unavailable() -> str | None:
         from torch.distributed.fsdp import FSDPModule, fully_shard  # noqa: F401
     except ImportError:
         return "this torch has no FSDP2 (torch.distributed.fsdp.fully_shard needs torch >= 2.6)"
-    if not (TINY_MODEL / "config.json").exists():
-        return f"{TINY_MODEL} missing: run python data/build_tiny_model.py"
     return None
 
 
@@ -162,7 +162,7 @@ def _trainer_saves_fsdp1() -> str | None:
 
     if "_fingerprint(acc.unwrap_model(self.model))" in inspect.getsource(Trainer.save):
         return ("Trainer.save hashes acc.unwrap_model(model).state_dict() on the main process only; under FSDP1 "
-                "that state_dict all-gathers, so the save hangs (fix: fingerprint from model_state, see README Scaling)")
+                "that state_dict all-gathers, so the save hangs (fix: hash model_state, the full state dict the main process already holds)")
     return None
 
 
@@ -171,7 +171,7 @@ def _two_gpus_unavailable() -> str | None:
 
     if torch.cuda.device_count() < 2:
         return "needs 2 CUDA GPUs: accelerate enables FSDP only on accelerators"
-    return None if (TINY_MODEL / "config.json").exists() else f"{TINY_MODEL} missing"
+    return None
 
 
 _SKIP = _fsdp_on_cpu_unavailable()
@@ -193,10 +193,11 @@ def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def _opts(out, **overrides) -> list[str]:
-    reward = out.parent / "reward_digits.py"
+    assert (TINY_MODEL / "config.json").exists(), f"{TINY_MODEL} missing: run python data/build_tiny_model.py"
+    reward = out.parent / "reward_text_hash.py"
     if not reward.exists():
         reward.write_text(REWARD)
-    opts = dict(COMMON, model_name_or_path=str(TINY_MODEL), output_dir=str(out), reward_funcs=f"{reward}:digit_frac")
+    opts = dict(COMMON, model_name_or_path=str(TINY_MODEL), output_dir=str(out), reward_funcs=f"{reward}:text_hash")
     args = []
     for k, v in dict(opts, **overrides).items():
         args += [f"--{k}", str(v)]

@@ -27,7 +27,7 @@ MODEL_DIR = REPO_ROOT / "data" / "tiny-arith"
 GREEDY_FLOOR = 0.15
 GREEDY_CEILING = 0.80
 
-PROMPT_RE = re.compile(r"^([1-9]\d{1,2})\+([1-9]\d{1,2})=$")
+PROMPT_RE = re.compile(r"^([1-9]\d\d)\+([1-9]\d\d)=$")
 
 
 # ---- task ------------------------------------------------------------------------------------
@@ -41,11 +41,11 @@ def test_default_sizes_and_columns(split, n):
     assert ds.column_names == ["prompt", "answer"]
     assert len(ds) == n
     assert len(set(ds["prompt"])) == n  # distinct problems
+    assert all(isinstance(x, str) for x in list(ds["prompt"]) + list(ds["answer"]))
 
 
 def test_format():
     ds = load_builtin_task("arithmetic", split="train", n=500, seed=3)
-    n_digits = set()
     for row in ds:
         m = PROMPT_RE.match(row["prompt"])
         assert m, row
@@ -53,38 +53,37 @@ def test_format():
         assert row["prompt"] == task_prompt(a, b)
         assert row["answer"] == str(a + b)
         assert is_correct(row["answer"], row["answer"])
-        assert len(row["prompt"]) <= 8 and len(row["answer"]) <= 4
-        n_digits.update((len(str(a)), len(str(b))))
-    assert n_digits == {2, 3}
+        assert len(row["prompt"]) == 8 and len(row["answer"]) in (3, 4)
+    assert {len(x) for x in ds["answer"]} == {3, 4}
 
 
 def test_deterministic_and_seeded():
     a = load_builtin_task("arithmetic", split="train", n=300, seed=7)
     b = load_builtin_task("arithmetic", split="train", n=300, seed=7)
     c = load_builtin_task("arithmetic", split="train", n=300, seed=8)
-    assert a["prompt"] == b["prompt"] and a["answer"] == b["answer"]
-    assert a["prompt"] != c["prompt"]
+    assert a.to_dict() == b.to_dict()
+    assert list(a["prompt"]) != list(c["prompt"])
     # a smaller n is a prefix of a larger one (same stream)
-    assert load_builtin_task("arithmetic", split="train", n=100, seed=7)["prompt"] == a["prompt"][:100]
+    assert list(load_builtin_task("arithmetic", split="train", n=100, seed=7)["prompt"]) == list(a["prompt"])[:100]
 
 
 def test_splits_disjoint():
-    train = load_builtin_task("arithmetic", split="train", n=20000, seed=0)
+    train = list(load_builtin_task("arithmetic", split="train", n=20000, seed=0)["prompt"])
     test = set(load_builtin_task("arithmetic", split="test", n=2000, seed=0)["prompt"])
     for seed in (0, 1):
         for p in load_builtin_task("arithmetic", split="test", n=200, seed=seed)["prompt"]:
             a, b = map(int, p[:-1].split("+"))
             assert arithmetic_split_of(a, b) == "test"
             assert arithmetic_split_of(b, a) == "test"  # commuted problem is held out too
-    assert not test & set(train["prompt"])
-    for p in train["prompt"][:2000]:
+    assert not test & set(train)
+    for p in train[:2000]:
         a, b = map(int, p[:-1].split("+"))
         assert arithmetic_split_of(a, b) == "train" and f"{b}+{a}=" not in test
 
 
 def test_test_fraction_about_ten_percent():
-    frac = sum(arithmetic_split_of(a, b) == "test" for a in range(10, 1000, 7) for b in range(10, 1000, 3)) / (
-        len(range(10, 1000, 7)) * len(range(10, 1000, 3))
+    frac = sum(arithmetic_split_of(a, b) == "test" for a in range(100, 1000, 7) for b in range(100, 1000, 3)) / (
+        len(range(100, 1000, 7)) * len(range(100, 1000, 3))
     )
     assert 0.08 < frac < 0.12
 
@@ -151,7 +150,7 @@ def test_model_config(tok_model):
 
 @pytest.mark.parametrize(
     "text",
-    ["47+385=", "432", "Hello, World! What is 2 + 2?", "  two  spaces\nand a\ttab.", "a-b*c/d (e) [f] {g} ~`'\";:"],
+    ["147+385=", "532", "Hello, World! What is 2 + 2?", "  two  spaces\nand a\ttab.", "a-b*c/d (e) [f] {g} ~`'\";:"],
 )
 def test_tokenizer_round_trip(tok_model, text):
     tok, _ = tok_model
@@ -175,7 +174,7 @@ def test_greedy_accuracy_in_band(tok_model):
 
     tok, model = tok_model
     ds = load_builtin_task("arithmetic", split="test", n=64, seed=0)
-    enc = tok(ds["prompt"], padding=True, return_tensors="pt")
+    enc = tok(list(ds["prompt"]), padding=True, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**enc, do_sample=False, max_new_tokens=8)
     completions = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
