@@ -321,7 +321,7 @@ def evaluate(model, tokenizer, n: int = EVAL_N, k: int = EVAL_SAMPLES, seed: int
         sampled += generate(model, tokenizer, prompts[i:i + 50], do_sample=True, num_samples=k, generator=g)
     greedy_ok = [is_correct(c[0], a) for c, a in zip(greedy, answers)]
     samp_ok = [[is_correct(c, a) for c in cs] for cs, a in zip(sampled, answers)]
-    with_eos = sum(len(c) <= 4 and c.isdigit() for cs in sampled for c in cs)  # well-formed samples
+    well_formed = sum(len(c) <= 4 and c.isdigit() for cs in sampled for c in cs)  # 1-4 digits, then EOS
     return {
         "n_prompts": n,
         "samples_per_prompt": k,
@@ -329,7 +329,7 @@ def evaluate(model, tokenizer, n: int = EVAL_N, k: int = EVAL_SAMPLES, seed: int
         "greedy_pass@1_first64": sum(greedy_ok[:64]) / min(n, 64),
         "sampled_pass@1": sum(map(sum, samp_ok)) / (n * k),
         f"pass@{k}": sum(any(r) for r in samp_ok) / n,
-        "well_formed_frac": with_eos / (n * k),
+        "well_formed_frac": well_formed / (n * k),
         "examples": [
             {"prompt": p, "answer": a, "greedy": gr[0], "samples": s[:4]}
             for p, a, gr, s in list(zip(prompts, answers, greedy, sampled))[:5]

@@ -169,6 +169,7 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(path)
+        _fsync_dir(path.parent)  # make the rename itself durable (power loss, not just a killed process)
     except (OSError, SafetensorError) as e:
         shutil.rmtree(tmp, ignore_errors=True)  # give the space back; never leave half a checkpoint
         raise CheckpointError(_save_failed(path, e)) from e
@@ -202,6 +203,19 @@ def _fsync_tree(folder: Path) -> None:
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # platforms that cannot open a directory (Windows) have no directory fsync either
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_trainer_state(path: Path) -> dict:

@@ -358,7 +358,7 @@ def _own_storage(param_state: dict) -> dict:
     return out
 
 
-def _load_optimizer_state(acc: Accelerator, model, optimizer, state: dict | None) -> None:
+def load_optimizer_state(acc: Accelerator, model, optimizer, state: dict | None) -> None:
     """Load a plain-format optimizer state dict (what `optimizer_state_to_save` writes) into the
     PREPARED optimizer: every process passes the same full state; under FSDP each keeps its shard.
 

@@ -242,6 +242,8 @@ class Trainer:
         if resume_path is not None:
             self._load_resume_state(resume_path)
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        if resume_path is not None:  # after prepare: FSDP replaces the parameters the state is keyed by
+            dist.load_optimizer_state(self.acc, self.model, self.optimizer, checkpoint.load_optimizer_state(resume_path))
         if self.reference is not None:
             self.reference = dist.prepare_reference(self.acc, self.reference)
         self.device = self.acc.device
@@ -675,7 +677,7 @@ class Trainer:
                     "evals_since_best": self.evals_since_best,
                     "num_processes": acc.num_processes,
                     "model_name_or_path": self.cfg.model_name_or_path,
-                    "model_fingerprint": _fingerprint(acc.unwrap_model(self.model)),
+                    "model_fingerprint": _fingerprint(model_state),
                     "config": self.cfg.to_dict(),
                 },
             )
@@ -691,9 +693,6 @@ class Trainer:
         self.bad_steps = int(state.get("bad_steps", 0))
         self.best_eval = float(state.get("best_eval", -1.0))
         self.evals_since_best = int(state.get("evals_since_best", 0))
-        opt_state = checkpoint.load_optimizer_state(path)
-        if opt_state is not None:
-            self.optimizer.load_state_dict(opt_state)
         if self.acc.is_main_process:
             log.info("resumed from %s at step %d", path, self.step)
 
@@ -715,10 +714,10 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def _fingerprint(model) -> str:
+def _fingerprint(state: dict) -> str:
     import hashlib
 
-    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in state.items())
     return hashlib.sha256(shapes.encode()).hexdigest()[:16]
 
 

@@ -280,7 +280,7 @@ def test_reward_functions_that_raise_hang_or_return_nan_do_not_stop_training(tmp
     assert (tmp_path / "out" / "checkpoint-000002" / "model.safetensors").is_file()
 
 
-def test_reward_too_big_for_float32_is_a_fault_not_a_crash(tmp_path, tiny_model):
+def test_reward_too_big_for_float32_is_a_fault_not_a_crash(tmp_path, tiny_model, caplog):
     # 1e39 is a finite Python float but inf in the trainer's float32 rewards
     out = tmp_path / "out"
     rc = train_here(out, max_steps=1, save_every=0, kl_beta=0.0,
@@ -288,6 +288,7 @@ def test_reward_too_big_for_float32_is_a_fault_not_a_crash(tmp_path, tiny_model)
     assert rc == 0
     (m,) = metrics(out)
     assert m["reward_faults"] == RUN["batch_size"] * RUN["n_samples"] // 2 and math.isfinite(m["reward_mean"])
+    assert "returned 1e+39 at index 1, which is not a finite number in float32" in caplog.text
 
 
 def test_nan_logits_skip_the_update_then_abort_and_keep_the_last_checkpoint(tmp_path, tiny_model):

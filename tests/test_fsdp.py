@@ -11,10 +11,6 @@ From there on it is accelerate's and torch's real FSDP code: `acc.prepare` shard
 `get_state_dict`, and prorl's generation / reference / optimizer-state helpers.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/test_fsdp.py 2 --max_steps 2 ...
-
-`_main` loads a resumed optimizer state after `acc.prepare` itself, as the trainer must under FSDP
-(it loads it before, and FSDP's prepare drops it). The FSDP1 end-to-end test skips itself while
-`Trainer.save` hashes the model's state_dict on the main process only (a hang under FSDP1).
 """
 
 import json
@@ -96,15 +92,7 @@ def _main(argv: list[str]) -> int:
     # Trainer._load_resume_state loads the optimizer state BEFORE acc.prepare; FSDP's prepare swaps
     # the parameters and that state is lost (the next save then fails on its stale keys). Until the
     # trainer loads it after prepare, do that here: hide it from __init__, load it through prorl.dist.
-    load_optimizer_state = checkpoint.load_optimizer_state
-    checkpoint.load_optimizer_state = lambda path: None
-    try:
-        trainer = Trainer(cfg, accelerator=acc)
-    finally:
-        checkpoint.load_optimizer_state = load_optimizer_state
-    if cfg.resume:
-        path = checkpoint.resolve_resume(cfg.resume, cfg.output_dir)
-        dist._load_optimizer_state(acc, trainer.model, trainer.optimizer, load_optimizer_state(path))
+    trainer = Trainer(cfg, accelerator=acc)
     sharded_class = type(trainer.model).__name__
     if probe_generation:
         out = Path(cfg.output_dir)
@@ -152,17 +140,6 @@ def _fsdp_on_cpu_unavailable() -> str | None:
         from torch.distributed.fsdp import FSDPModule, fully_shard  # noqa: F401
     except ImportError:
         return "this torch has no FSDP2 (torch.distributed.fsdp.fully_shard needs torch >= 2.6)"
-    return None
-
-
-def _trainer_saves_fsdp1() -> str | None:
-    import inspect
-
-    from prorl.trainer import Trainer
-
-    if "_fingerprint(acc.unwrap_model(self.model))" in inspect.getsource(Trainer.save):
-        return ("Trainer.save hashes acc.unwrap_model(model).state_dict() on the main process only; under FSDP1 "
-                "that state_dict all-gathers, so the save hangs (fix: hash model_state, the full state dict the main process already holds)")
     return None
 
 
@@ -285,7 +262,6 @@ def test_fsdp2_two_cpu_processes_train_save_and_match_ddp(tmp_path):
 
 
 @needs_fsdp_on_cpu
-@pytest.mark.skipif(_SKIP is None and _trainer_saves_fsdp1() is not None, reason=_trainer_saves_fsdp1() or "")
 def test_fsdp1_two_cpu_processes_train_save_and_match_ddp(tmp_path):
     _check_sharded_run(tmp_path, 1)
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
+import socket
 from pathlib import Path
 
 import pytest
@@ -68,7 +66,7 @@ def test_deterministic_and_seeded():
 
 
 def test_splits_disjoint():
-    train = list(load_builtin_task("arithmetic", split="train", n=20000, seed=0)["prompt"])
+    train = list(load_builtin_task("arithmetic", split="train", n=5000, seed=0)["prompt"])
     test = set(load_builtin_task("arithmetic", split="test", n=2000, seed=0)["prompt"])
     for seed in (0, 1):
         for p in load_builtin_task("arithmetic", split="test", n=200, seed=seed)["prompt"]:
@@ -113,13 +111,24 @@ def test_is_correct_mirrors_exact_match():
 
 
 # ---- shipped model ------------------------------------------------------------------------------
+def _no_network(*args, **kwargs):
+    raise OSError("network access attempted while loading the shipped model")
+
+
 @pytest.fixture(scope="module")
 def tok_model():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """The shipped model and tokenizer, loaded by plain path with the network cut off: the hub
+    offline switch set and socket connections failing (so the check holds however early
+    huggingface_hub read its environment)."""
     assert (MODEL_DIR / "model.safetensors").is_file(), "run: python data/build_tiny_model.py"
-    tok = AutoTokenizer.from_pretrained(MODEL_DIR, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, local_files_only=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(socket.socket, "connect", _no_network)
+        mp.setattr(socket, "create_connection", _no_network)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(MODEL_DIR))
+        model = AutoModelForCausalLM.from_pretrained(str(MODEL_DIR))
     model.eval()
     return tok, model
 
@@ -182,16 +191,3 @@ def test_greedy_accuracy_in_band(tok_model):
     # well-formed: digits only (EOS stripped)
     assert sum(c.isdigit() for c in completions) >= 0.9 * len(completions)
     assert GREEDY_FLOOR <= acc <= GREEDY_CEILING, acc
-
-
-@pytest.mark.slow
-def test_model_loads_with_hub_offline():
-    code = (
-        "from transformers import AutoModelForCausalLM, AutoTokenizer;"
-        f"AutoTokenizer.from_pretrained({str(MODEL_DIR)!r});"
-        f"AutoModelForCausalLM.from_pretrained({str(MODEL_DIR)!r});print('ok')"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().endswith("ok")
