@@ -1,47 +1,55 @@
 #!/usr/bin/env python
-"""End-to-end GRPO step benchmark: prorl's real `Trainer` (optionally against TRL's `GRPOTrainer`).
+"""End-to-end GRPO step benchmark: prorl's real `Trainer`, optionally against TRL's `GRPOTrainer`.
 
     python launch/bench.py                                  # tiny model, prorl only
-    python launch/bench.py --model medium --against trl     # both systems, same workload, ratio
+    python launch/bench.py --model medium --against trl     # both systems, same workload, ratios
+    python launch/bench.py --against trl,plain              # also prorl with the plain sampling loop
     python launch/bench.py --against trl --eos              # completions may stop early at EOS
     python launch/bench.py --prompt_len 128 --n_samples 16  # longer prompts, bigger groups
 
-The workload (fixed, offline, fp32 on CPU):
+The workload (fixed, offline, fp32 on CPU, `--threads` (2) torch threads in every process):
 
-- a random-init Llama built from a `LlamaConfig` (seeded; no Hub download), with a character-level
-  tokenizer made here: `tiny` ~0.45M parameters (hidden 128, 2 layers), `medium` ~25.7M (hidden 512,
-  8 layers, intermediate 1408);
-- `--n_prompts` (8) prompts x `--n_samples` (8) samples per optimizer step, `--max_new_tokens` (64)
-  new tokens, temperature 1, top_p 1, top_k 0, KL beta 0.04 (a reference model), lr 1e-6, one
-  update per rollout batch, micro-batches of 16 completions;
-- all prompts are `--prompt_len` (16) random characters = tokens, so both systems see the same shapes;
-- reward = fraction of the completion's characters that are lowercase letters: it varies within
-  every group, so no group carries zero signal and both systems do the same work (prorl's
-  `skip_zero_signal` is off anyway);
-- without `--eos` the EOS token is outside the model's output vocabulary (the model has V-1 output
-  rows, the tokenizer's `<eos>` is id V-1), so every completion is exactly `--max_new_tokens` long;
-  with `--eos` the model can emit it (a random-init model does, about once per V tokens) and
-  completions stop early.
+- a random-init Llama built from a seeded `LlamaConfig` (no Hub download) with a character-level
+  tokenizer made here: `tiny` ~0.44M parameters (hidden 128, 2 layers), `medium` ~25.8M (hidden 512,
+  8 layers, intermediate 1408); tied embeddings;
+- `--n_prompts` (8) prompts x `--n_samples` (8) completions per optimizer step, `--max_new_tokens`
+  (64) new tokens, temperature 1, top_p 1, top_k 0, KL beta 0.04 (so a reference model and its
+  forward pass), lr 1e-6, one update per rollout batch, micro-batches of 16 completions;
+- every prompt is `--prompt_len` (16) random characters = tokens, so both systems see equal shapes;
+- reward = the fraction of lowercase letters in the completion: it varies within every group, so
+  no group is skipped (prorl's `skip_zero_signal` is off as well) and both systems do the same work;
+- without `--eos` the model cannot emit EOS (its output layer has V-1 rows; the tokenizer's `<eos>`
+  is id V-1), so every completion is exactly `--max_new_tokens` tokens; with `--eos` it can (a
+  random-init model does about once per V tokens) and completions stop early.
 
 Batch semantics (TRL counts completions, prorl counts prompts):
 
-    prorl  batch_size=P, n_samples=N, micro_batch_size=16, updates_per_batch=1, mini_batches=1
-    TRL    num_generations=N, per_device_train_batch_size=16, gradient_accumulation_steps=P*N/16
-           (so steps_per_generation = gradient_accumulation_steps and generation_batch_size = P*N:
-           one generation round and one optimizer step per P prompts), num_iterations=1,
-           loss_type="dapo" (= prorl's loss_agg=token_mean: token sum over the global token count),
-           scale_rewards="group" (= prorl's advantage=grpo), epsilon=0.2 (= prorl's ppo_clip default)
+    prorl  batch_size=P, n_samples=N, micro_batch_size=16, updates_per_batch=1, mini_batches=1,
+           loss_agg=token_mean, advantage=grpo, policy_loss=ppo_clip (eps 0.2), kl_estimator=k3
+    TRL    num_generations=N, per_device_train_batch_size=16, gradient_accumulation_steps=P*N/16,
+           so steps_per_generation=gradient_accumulation_steps and generation_batch_size=P*N: one
+           generation round and one optimizer step per P prompts; num_iterations=1 (no old-logprob
+           pass, as in prorl); loss_type="dapo" (token sum / global token count = token_mean);
+           scale_rewards="group" (= grpo); epsilon=0.2; beta=0.04 (k3 KL in the loss)
 
-Each system runs in its own fresh subprocess (`--rounds` times, alternating prorl / TRL, so slow
-phases of a loaded machine hit both); a step's time is wall-clock from the start of one optimizer
-step to the next (rollout, reward, reference log-probs, update). Printed as JSON: the median
-seconds per optimizer step over the measured steps (warm-up excluded), completion tokens/s (EOS
-included, padding not), the peak RSS of the worker process (`resource.getrusage` high-water, so
-imports + models + the steps), and model FLOPs per step against this machine's fp32 `torch.mm`
-rate (`flop_fraction`).
+How it is timed: every system runs in its own fresh process, all started together and set up in
+parallel (model load, reference copy, optimizer) but run in LOCKSTEP: the driver lets one process
+do one optimizer step while the others wait, and alternates which goes first, so the phases of a
+loaded machine hit every system alike. A step is timed from "go" to the end of its optimizer step
+(prorl: one `Trainer.train_step()`: rollout, reward, reference log-probs, update; TRL: one
+optimizer step of `GRPOTrainer.train()`, its generation included). Reported per system, over the
+measured steps (the first `--warmup` steps of each process are left out): the median seconds per
+step, the median completion tokens/s (EOS included, padding not), the median process CPU seconds
+per step, and the peak RSS (`resource.getrusage` high-water of that process: imports, models,
+optimizer and the steps). Ratios are medians of the per-step ratios of lockstep pairs.
+`flop_fraction` = model FLOPs per step / step time / this machine's fp32 `torch.mm` rate (best of
+a 2048^3 loop on `--threads` threads, measured before and after), model FLOPs counted as
+2*N*(prompt tokens once + completion tokens) for generation, 2*N*(tokens) for the reference
+forward and 6*N*(tokens) for the policy forward+backward, N = parameters a token passes through
+(the output layer included, the input embedding not), attention-score FLOPs ignored.
 
 TRL runs from any Python that can `import trl` (`--trl_python`, `$PRORL_BENCH_TRL_PYTHON`, or this
-one); install it in a separate virtual env, e.g.
+one); keep it out of the main environment, e.g.
 `python -m venv --system-site-packages /tmp/trlenv && /tmp/trlenv/bin/pip install trl`.
 """
 
@@ -63,16 +71,15 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 MODELS = {
-    # ~0.45M parameters
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
-    # ~25.7M parameters
     "medium": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8),
 }
-SPECIALS_HEAD = ["<pad>", "<bos>", "<unk>"]
+SYSTEMS = ("prorl", "trl", "plain")  # plain = prorl with the reference (pre-optimisation) sampling loop
 MICRO_BATCH = 16
 LEARNING_RATE = 1e-6
 KL_BETA = 0.04
 TEMPERATURE = 1.0
+TAG = "@@BENCH "  # worker -> driver messages on stdout; everything else there is ignored
 
 
 def _env(threads: int) -> dict:
@@ -80,28 +87,28 @@ def _env(threads: int) -> dict:
     env.update({
         "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "",
-        "WANDB_DISABLED": "true", "DISABLE_MLFLOW_INTEGRATION": "TRUE", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-        "PYTHONWARNINGS": "ignore",
+        "WANDB_DISABLED": "true", "WANDB_MODE": "disabled", "DISABLE_MLFLOW_INTEGRATION": "TRUE",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1",
     })
     return env
 
 
 # ----------------------------------------------------------------------
-# The workload, written to a folder both systems load from
+# The workload, written to a folder every system loads from
 
-def build_tokenizer(eos_reachable: bool):
-    """Character-level tokenizer: <pad> <bos> <unk>, every printable char, then <eos> as the LAST id."""
+def build_tokenizer():
+    """Character-level tokenizer: <pad> <bos> <unk>, every printable character, then <eos> as the LAST id."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     chars = [c for c in string.printable if c not in "\r\x0b\x0c"]
-    vocab = {tok: i for i, tok in enumerate(SPECIALS_HEAD + chars + ["<eos>"])}
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<bos>", "<unk>"] + chars + ["<eos>"])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
-        padding_side="left", model_max_length=4096,
+        padding_side="left", model_max_length=1 << 16,
     )
 
 
@@ -112,10 +119,9 @@ def build_workload(folder: Path, args) -> dict:
 
     transformers.utils.logging.set_verbosity_error()  # "eos_token_id outside the vocabulary" is on purpose
     transformers.utils.logging.disable_progress_bar()
-    tok = build_tokenizer(args.eos)
+    tok = build_tokenizer()
     eos_id = tok.eos_token_id
-    # Without --eos the model has one output row fewer than the tokenizer, so it can never emit <eos>.
-    vocab = len(tok) if args.eos else len(tok) - 1
+    vocab = len(tok) if args.eos else len(tok) - 1  # without --eos the model has no output row for <eos>
     cfg = LlamaConfig(
         vocab_size=vocab, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=eos_id,
         max_position_embeddings=max(512, args.prompt_len + args.max_new_tokens), rope_theta=10000.0,
@@ -134,30 +140,31 @@ def build_workload(folder: Path, args) -> dict:
     with open(folder / "prompts.jsonl", "w") as fh:
         fh.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts)
 
-    n_params = sum(p.numel() for p in model.parameters())
-    embed = model.model.embed_tokens.weight.numel()
-    head = model.lm_head.weight.numel()  # counted as a matmul even when tied
+    n_params = sum(p.numel() for p in model.parameters())  # tied weights counted once
     return {
         "params": n_params,
-        "flop_params": n_params - embed + head,  # every matmul weight a token passes through
+        # every matmul weight a token passes through: the input embedding is a lookup, the output layer a matmul
+        "flop_params": n_params - model.model.embed_tokens.weight.numel() + model.lm_head.weight.numel(),
         "vocab_size": vocab,
-        "eos_reachable": bool(args.eos),
     }
 
 
 def bench_reward(prompts, completions, **kwargs):
-    """Fraction of lowercase letters in the completion: varies within every group."""
+    """The fraction of lowercase letters in the completion: varies within every group."""
     return [sum(ch.islower() for ch in c) / max(len(c), 1) for c in completions]
 
 
 # ----------------------------------------------------------------------
-# Workers (one fresh process per system and round)
+# Workers: one fresh process per system; they do a step when the driver says "go"
 
 def _rss_now_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
 
 
@@ -165,72 +172,97 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def worker_prorl(args, folder: Path) -> dict:
+def _send(msg: dict) -> None:
+    sys.stdout.write(TAG + json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+
+def _wait_go() -> None:
+    line = sys.stdin.readline()
+    if line.strip() != "go":
+        raise SystemExit(0)  # the driver went away or stopped us
+
+
+class _StepClock:
+    """Waits for "go", times a step (wall and CPU), reports it."""
+
+    def __init__(self):
+        self.i = 0
+
+    def start(self):
+        _wait_go()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+    def stop(self, tokens: int, **extra):
+        wall, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+        _send({"step": self.i, "wall": wall, "cpu": cpu, "tokens": int(tokens), **extra})
+        self.i += 1
+
+
+def worker_prorl(args, folder: Path, plain: bool = False) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(REPO_ROOT))
+    import prorl.trainer
     from prorl import Trainer
     from prorl.config import load_config
 
+    if plain:  # the reference sampling loop, for before/after comparisons of prorl.rollout
+        fast_generate = prorl.trainer.generate
+        prorl.trainer.generate = lambda *a, **k: fast_generate(*a, fast=False, **k)
     total = args.warmup + args.steps
     cfg = load_config(None, dict(
         model_name_or_path=str(folder / "model"), dataset=str(folder / "prompts.jsonl"), max_steps=total,
         batch_size=args.n_prompts, n_samples=args.n_samples, micro_batch_size=MICRO_BATCH, max_length=args.max_new_tokens,
         max_prompt_length=args.prompt_len + 8, temperature=TEMPERATURE, top_p=1.0, top_k=0, kl_beta=KL_BETA,
         learning_rate=LEARNING_RATE, skip_zero_signal=False, save_every=0, progress_bar=False,
-        output_dir=str(folder / "prorl_out"), seed=args.seed, dtype="float32",
+        output_dir=str(folder / ("plain_out" if plain else "prorl_out")), seed=args.seed, dtype="float32",
     ))
     trainer = Trainer(cfg, reward_funcs=[bench_reward])
     rss_ready = _rss_now_mb()
-    prof = _profiler(args)
-    times, tokens, gen = [], [], []
-    for i in range(total):
-        if prof is not None and i == total - 1:
-            prof.__enter__()
-        t0 = time.perf_counter()
+    _send({"ready": True})
+    clock = _StepClock()
+    for _ in range(total):
+        clock.start()
         m = trainer.train_step()
-        times.append(time.perf_counter() - t0)
-        if prof is not None and i == total - 1:
-            prof.__exit__(None, None, None)
-        tokens.append(round(m["completion_len_mean"] * args.n_prompts * args.n_samples))
-        gen.append(m["gen_time"])
-    out = {"step_times": times, "step_tokens": tokens, "gen_times": gen, "rss_ready_mb": rss_ready, "peak_rss_mb": _peak_rss_mb()}
-    if prof is not None:
-        out["profile"] = _profile_table(prof, args)
-    return out
+        clock.stop(round(m["completion_len_mean"] * args.n_prompts * args.n_samples), gen=m["gen_time"])
+    _send({"final": True, "rss_ready_mb": rss_ready, "peak_rss_mb": _peak_rss_mb()})
 
 
-def worker_trl(args, folder: Path) -> dict:
+def worker_trl(args, folder: Path) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
     import datasets
+    import transformers
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
     total = args.warmup + args.steps
     n = args.n_prompts * args.n_samples
-    if n % MICRO_BATCH:
-        raise SystemExit(f"n_prompts * n_samples = {n} must be a multiple of {MICRO_BATCH}")
     step_tokens = []
 
     def reward(prompts, completions, completion_ids=None, **kw):
-        step_tokens.append(sum(len(c) for c in completion_ids))
+        step_tokens.append(sum(len(c) for c in completion_ids))  # one call per generation round = per step
         return bench_reward(prompts, completions)
 
     reward.__name__ = "bench_reward"
+    clock = _StepClock()
+    ready = {}
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.marks = []
+    class Lockstep(TrainerCallback):
+        def on_train_begin(self, args_, state, control, **kw):
+            ready["rss_mb"] = _rss_now_mb()  # after Trainer.train()'s own set-up (optimizer, data loader)
+            _send({"ready": True})
+            clock.start()
 
-        def on_train_begin(self, *a, **k):
-            self.marks.append(time.perf_counter())
-
-        def on_step_end(self, *a, **k):
-            self.marks.append(time.perf_counter())
+        def on_step_end(self, args_, state, control, **kw):
+            clock.stop(step_tokens[-1] if step_tokens else 0)
+            if state.global_step < total:
+                clock.start()
 
     config = GRPOConfig(
         output_dir=str(folder / "trl_out"), max_steps=total, per_device_train_batch_size=MICRO_BATCH,
@@ -242,29 +274,13 @@ def worker_trl(args, folder: Path) -> dict:
         disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, log_completions=False,
     )
     ds = datasets.load_dataset("json", data_files=str(folder / "prompts.jsonl"), split="train")
-    clock = Clock()
-    trainer = GRPOTrainer(model=str(folder / "model"), reward_funcs=[reward], args=config, train_dataset=ds, callbacks=[clock])
-    rss_ready = _rss_now_mb()
+    trainer = GRPOTrainer(model=str(folder / "model"), reward_funcs=[reward], args=config, train_dataset=ds, callbacks=[Lockstep()])
     trainer.train()
-    times = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
-    return {"step_times": times, "step_tokens": step_tokens[:total], "gen_times": None, "rss_ready_mb": rss_ready,
-            "peak_rss_mb": _peak_rss_mb(), "trl_version": __import__("trl").__version__}
+    _send({"final": True, "rss_ready_mb": ready["rss_mb"], "peak_rss_mb": _peak_rss_mb(), "version": __import__("trl").__version__})
 
 
-def _profiler(args):
-    if not args.profile:
-        return None
-    import torch
-
-    return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=False)
-
-
-def _profile_table(prof, args) -> str:
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
-
-
-def worker_matmul(args) -> dict:
-    """This machine's fp32 matmul rate on `--threads` threads: best and median of repeated big torch.mm."""
+def worker_matmul(args) -> None:
+    """This machine's fp32 matmul rate on `--threads` threads: best and median of a repeated 2048^3 torch.mm."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -279,31 +295,51 @@ def worker_matmul(args) -> dict:
         t0 = time.perf_counter()
         torch.mm(a, b, out=c)
         rates.append(2 * n**3 / (time.perf_counter() - t0))
-    return {"matmul_gflops_best": max(rates) / 1e9, "matmul_gflops_median": statistics.median(rates) / 1e9, "matmul_n": n, "matmul_reps": len(rates)}
+    _send({"final": True, "best_gflops": max(rates) / 1e9, "median_gflops": statistics.median(rates) / 1e9, "reps": len(rates)})
 
 
 # ----------------------------------------------------------------------
-# Orchestration
+# Driver
 
-def _run_worker(python: str, kind: str, folder: Path, args) -> dict:
-    cmd = [python, str(Path(__file__).resolve()), "--_worker", kind, "--_workdir", str(folder)] + _forward(args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(args.threads), cwd=str(REPO_ROOT))
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-30:])
-        raise SystemExit(f"{kind} worker failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(lines[-1])
+class _Worker:
+    def __init__(self, name: str, python: str, folder: Path, args):
+        self.name = name
+        self.log = tempfile.TemporaryFile(mode="w+")
+        cmd = [python, str(Path(__file__).resolve()), "--_worker", name, "--_workdir", str(folder)] + _forward(args)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     bufsize=1, env=_env(args.threads), cwd=str(REPO_ROOT))
+
+    def read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(TAG):
+                return json.loads(line[len(TAG):])
+        self.proc.wait()
+        self.log.seek(0)
+        tail = "\n".join(self.log.read().splitlines()[-40:])
+        raise SystemExit(f"{self.name} worker exited with code {self.proc.returncode}:\n{tail}")
+
+    def go(self) -> dict:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
 
 
 def _forward(args) -> list[str]:
     out = ["--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
            "--prompt_len", str(args.prompt_len), "--n_samples", str(args.n_samples), "--n_prompts", str(args.n_prompts),
            "--max_new_tokens", str(args.max_new_tokens), "--seed", str(args.seed), "--matmul_seconds", str(args.matmul_seconds)]
-    if args.eos:
-        out.append("--eos")
-    if args.profile:
-        out.append("--profile")
-    return out
+    return out + (["--eos"] if args.eos else [])
 
 
 def _trl_python(args) -> str | None:
@@ -320,122 +356,158 @@ def _loadavg() -> list[float]:
         return []
 
 
-def _steal_pct(seconds: float = 1.0) -> float | None:
-    """Share of CPU time stolen by the hypervisor over `seconds` (from /proc/stat), in percent."""
-    def snap():
-        vals = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return sum(vals), (vals[7] if len(vals) > 7 else 0)
-
+def _cpu_counters():
+    """(total jiffies, steal jiffies) from /proc/stat, or None."""
     try:
-        t0, s0 = snap()
-        time.sleep(seconds)
-        t1, s1 = snap()
-    except OSError:
+        vals = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
         return None
-    return round(100.0 * (s1 - s0) / max(t1 - t0, 1), 1)
+    return sum(vals), (vals[7] if len(vals) > 7 else 0)
 
 
-def summarize(runs: list[dict], warmup: int, info: dict, matmul_best: float, n_seqs: int, prompt_tokens: int) -> dict:
-    times, toks = [], []
-    for r in runs:
-        times += r["step_times"][warmup:]
-        toks += r["step_tokens"][warmup:]
-    rates = [k / t for k, t in zip(toks, times)]
-    med_t = statistics.median(times)
-    out = {
-        "sec_per_step": med_t,
-        "sec_per_step_min": min(times),
-        "sec_per_step_all": [round(t, 4) for t in times],
-        "completion_tokens_per_step": statistics.mean(toks),
-        "completion_tokens_per_s": statistics.median(rates),
-        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        "rss_ready_mb": max(r["rss_ready_mb"] for r in runs),
-        "measured_steps": len(times),
-    }
-    gen = [g for r in runs if r.get("gen_times") for g in r["gen_times"][warmup:]]
-    if gen:
-        out["gen_sec_per_step"] = statistics.median(gen)
-    # Model FLOPs of one step (the same formula for both systems; attention-score FLOPs ignored):
-    # generation forwards 2N(prompt tokens of each prompt once + completion tokens), reference forward
-    # 2N(B*Lp + completion tokens), policy forward+backward 6N(B*Lp + completion tokens).
+def run_round(systems: list[str], pythons: dict, folder: Path, args) -> dict:
+    """All systems' workers set up in parallel, then step in lockstep; returns per-system steps and finals."""
+    workers = {s: _Worker(s, pythons[s], folder, args) for s in systems}
+    try:
+        for w in workers.values():
+            w.read()  # ready
+        steps = {s: [] for s in systems}
+        for i in range(args.warmup + args.steps):
+            k = i % len(systems)
+            for s in systems[k:] + systems[:k]:  # rotate who goes first
+                steps[s].append(workers[s].go())
+        finals = {s: workers[s].read() for s in systems}
+    finally:
+        for w in workers.values():
+            w.close()
+    return {"steps": steps, "finals": finals}
+
+
+def matmul_rate(folder: Path, args) -> dict:
+    w = _Worker("matmul", sys.executable, folder, args)
+    try:
+        return w.read()
+    finally:
+        w.close()
+
+
+def _flops_per_step(info: dict, args, completion_tokens: float) -> float:
     N = info["flop_params"]
-    tc = statistics.mean(toks)
-    flops = 2 * N * (prompt_tokens + tc) + 8 * N * (n_seqs * info["prompt_len"] + tc)
+    seqs, lp = args.n_prompts * args.n_samples, args.prompt_len
+    generation = 2 * N * (args.n_prompts * lp + completion_tokens)
+    reference_and_policy = (2 + 6) * N * (seqs * lp + completion_tokens)
+    return generation + reference_and_policy
+
+
+def summarize(name: str, rounds: list[dict], args, info: dict, matmul_best: float | None) -> dict:
+    steps = [st for r in rounds for st in r["steps"][name][args.warmup:]]
+    walls = [st["wall"] for st in steps]
+    toks = [st["tokens"] for st in steps]
+    out = {
+        "sec_per_step": statistics.median(walls),
+        "sec_per_step_min": min(walls),
+        "sec_per_step_all": [round(w, 3) for w in walls],
+        "cpu_sec_per_step": statistics.median(st["cpu"] for st in steps),
+        "completion_tokens_per_step": statistics.mean(toks),
+        "completion_tokens_per_s": statistics.median(k / w for k, w in zip(toks, walls)),
+        "peak_rss_mb": max(r["finals"][name]["peak_rss_mb"] for r in rounds),
+        "rss_ready_mb": max(r["finals"][name]["rss_ready_mb"] for r in rounds),
+        "measured_steps": len(steps),
+    }
+    gens = [st["gen"] for st in steps if "gen" in st]
+    if gens:
+        out["gen_sec_per_step"] = statistics.median(gens)
+    flops = _flops_per_step(info, args, out["completion_tokens_per_step"])
     out["model_flops_per_step"] = flops
-    out["achieved_gflops"] = flops / med_t / 1e9
+    out["achieved_gflops"] = flops / out["sec_per_step"] / 1e9
     if matmul_best:
-        out["flop_fraction"] = flops / med_t / (matmul_best * 1e9)
+        out["flop_fraction"] = out["achieved_gflops"] / matmul_best
+    version = rounds[0]["finals"][name].get("version")
+    if version:
+        out["version"] = version
     return out
+
+
+def paired_ratios(a: str, b: str, rounds: list[dict], args) -> dict:
+    """Medians over lockstep step pairs of a's speed-up over b (>1: a is faster), and the peak-RSS ratio a/b."""
+    tok, step = [], []
+    for r in rounds:
+        for x, y in zip(r["steps"][a][args.warmup:], r["steps"][b][args.warmup:]):
+            tok.append((x["tokens"] / x["wall"]) / (y["tokens"] / y["wall"]))
+            step.append(y["wall"] / x["wall"])
+    peak = max(r["finals"][a]["peak_rss_mb"] for r in rounds) / max(r["finals"][b]["peak_rss_mb"] for r in rounds)
+    return {"tokens_per_s": statistics.median(tok), "step_time_speedup": statistics.median(step), "peak_rss": peak}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=sorted(MODELS), default="tiny")
-    ap.add_argument("--against", choices=["trl"], default=None, help="also run TRL's GRPOTrainer on the same workload")
-    ap.add_argument("--steps", type=int, default=3, help="measured optimizer steps per round")
-    ap.add_argument("--warmup", type=int, default=1, help="warm-up optimizer steps per round (not measured)")
-    ap.add_argument("--rounds", type=int, default=1, help="fresh subprocesses per system, alternating prorl/TRL")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads in every worker")
+    ap.add_argument("--against", default="", help="comma list of: trl (TRL's GRPOTrainer), plain (prorl with the plain sampling loop)")
+    ap.add_argument("--steps", type=int, default=5, help="measured optimizer steps per process")
+    ap.add_argument("--warmup", type=int, default=1, help="warm-up optimizer steps per process (not measured)")
+    ap.add_argument("--rounds", type=int, default=1, help="fresh sets of processes, one after the other")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads in every process")
     ap.add_argument("--n_prompts", type=int, default=8, help="prompts per optimizer step")
-    ap.add_argument("--n_samples", type=int, default=8, help="samples per prompt (group size)")
+    ap.add_argument("--n_samples", type=int, default=8, help="completions per prompt (the group size)")
     ap.add_argument("--max_new_tokens", type=int, default=64)
-    ap.add_argument("--prompt_len", type=int, default=16, help="prompt length in tokens (characters)")
+    ap.add_argument("--prompt_len", type=int, default=16, help="prompt length in tokens (= characters)")
     ap.add_argument("--eos", action="store_true", help="let the model emit EOS, so completions stop early")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--matmul_seconds", type=float, default=3.0, help="how long to measure the torch.mm rate")
+    ap.add_argument("--matmul_seconds", type=float, default=3.0, help="how long each torch.mm rate measurement runs")
     ap.add_argument("--no_matmul", action="store_true", help="skip the matmul-rate measurement (no flop_fraction)")
-    ap.add_argument("--profile", action="store_true", help="torch.profiler table of prorl's last step (stderr)")
     ap.add_argument("--trl_python", default=None, help="a Python that can import trl (default: $PRORL_BENCH_TRL_PYTHON, then this one)")
-    ap.add_argument("--out", default=None, help="also write the JSON here")
-    ap.add_argument("--_worker", choices=["prorl", "trl", "matmul"], default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help="also write the JSON result to this file")
+    ap.add_argument("--_worker", choices=SYSTEMS + ("matmul",), default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_workdir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
-        ap.error("--steps >= 1, --warmup >= 0, --rounds >= 1")
+        ap.error("need --steps >= 1, --warmup >= 0, --rounds >= 1")
+    against = [s.strip() for s in args.against.split(",") if s.strip()]
+    if any(s not in ("trl", "plain") for s in against):
+        ap.error(f"--against takes a comma list of trl, plain; got {args.against!r}")
+    if "trl" in against and (args.n_prompts * args.n_samples) % MICRO_BATCH:
+        ap.error(f"--n_prompts x --n_samples must be a multiple of {MICRO_BATCH} (TRL's per-device batch)")
 
     if args._worker:
+        folder = Path(args._workdir) if args._workdir else None
         if args._worker == "matmul":
-            result = worker_matmul(args)
+            worker_matmul(args)
+        elif args._worker == "trl":
+            worker_trl(args, folder)
         else:
-            fn = worker_prorl if args._worker == "prorl" else worker_trl
-            result = fn(args, Path(args._workdir))
-        profile = result.pop("profile", None)
-        if profile:
-            print(profile, file=sys.stderr)
-        print(json.dumps(result))
+            worker_prorl(args, folder, plain=args._worker == "plain")
         return 0
 
-    trl_python = None
-    if args.against == "trl":
-        trl_python = _trl_python(args)
-        if trl_python is None:
+    systems = ["prorl"] + [s for s in ("trl", "plain") if s in against]
+    pythons = {"prorl": sys.executable, "plain": sys.executable}
+    if "trl" in systems:
+        pythons["trl"] = _trl_python(args)
+        if pythons["trl"] is None:
             ap.error("--against trl: no Python with trl found; pass --trl_python or set PRORL_BENCH_TRL_PYTHON")
 
-    machine = {"cpus": os.cpu_count(), "threads": args.threads, "loadavg_before": _loadavg(), "steal_pct_before": _steal_pct()}
+    machine = {"cpus": os.cpu_count(), "threads": args.threads, "loadavg_before": _loadavg()}
+    cpu0, t0 = _cpu_counters(), time.time()
     with tempfile.TemporaryDirectory(prefix="prorl_bench_") as tmp:
         folder = Path(tmp)
         info = build_workload(folder, args)
-        info["prompt_len"] = args.prompt_len
-        matmul = [] if args.no_matmul else [_run_worker(sys.executable, "matmul", folder, args)]
-        systems = ["prorl"] + (["trl"] if trl_python else [])
-        runs = {s: [] for s in systems}
-        for r in range(args.rounds):
-            order = systems if r % 2 == 0 else systems[::-1]
-            for s in order:
-                runs[s].append(_run_worker(sys.executable if s == "prorl" else trl_python, s, folder, args))
+        matmul = [] if args.no_matmul else [matmul_rate(folder, args)]
+        rounds = [run_round(systems, pythons, folder, args) for _ in range(args.rounds)]
         if not args.no_matmul:
-            matmul.append(_run_worker(sys.executable, "matmul", folder, args))
+            matmul.append(matmul_rate(folder, args))
+    cpu1 = _cpu_counters()
 
     import torch
     import transformers
 
-    machine.update({"loadavg_after": _loadavg(), "steal_pct_after": _steal_pct(), "torch": torch.__version__,
+    machine.update({"loadavg_after": _loadavg(), "wall_s": round(time.time() - t0, 1), "torch": torch.__version__,
                     "transformers": transformers.__version__})
-    best = max((m["matmul_gflops_best"] for m in matmul), default=0.0)
+    if cpu0 and cpu1:
+        machine["steal_pct"] = round(100.0 * (cpu1[1] - cpu0[1]) / max(cpu1[0] - cpu0[0], 1), 1)
+    best = max((m["best_gflops"] for m in matmul), default=None)
     if matmul:
-        machine.update({"matmul_gflops_best": best, "matmul_gflops_median": [m["matmul_gflops_median"] for m in matmul]})
-    n_seqs = args.n_prompts * args.n_samples
-    prompt_tokens = args.n_prompts * args.prompt_len
+        machine["matmul_gflops_best"] = best
+        machine["matmul_gflops_median"] = [round(m["median_gflops"], 2) for m in matmul]
+
     result = {
         "workload": {
             "model": args.model, "params": info["params"], "vocab_size": info["vocab_size"], "n_prompts": args.n_prompts,
@@ -446,15 +518,9 @@ def main(argv=None) -> int:
         "machine": machine,
     }
     for s in systems:
-        result[s] = summarize(runs[s], args.warmup, info, best, n_seqs, prompt_tokens)
-    if "trl" in result:
-        result["trl"]["version"] = runs["trl"][0].get("trl_version")
-        p, t = result["prorl"], result["trl"]
-        result["ratio"] = {
-            "tokens_per_s": p["completion_tokens_per_s"] / t["completion_tokens_per_s"],
-            "step_time_speedup": t["sec_per_step"] / p["sec_per_step"],
-            "peak_rss": p["peak_rss_mb"] / t["peak_rss_mb"],
-        }
+        result[s] = summarize(s, rounds, args, info, best)
+    for other in systems[1:]:
+        result[f"ratio_vs_{other}"] = paired_ratios("prorl", other, rounds, args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in ("train", "eval", "plot"):
         parser.parse_args(argv)  # prints the one-line error
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .checkpoint import CheckpointError
     from .rewards import RewardConfigError
     from .trainer import Trainer, TrainingAborted
 
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             return _plot(argv[1:])
         cfg = parse_train_args(argv[1:])
         Trainer(cfg).train()
-    except (ConfigError, RewardConfigError) as e:
+    except (ConfigError, RewardConfigError, CheckpointError) as e:
         sys.stderr.write(f"prorl: error: {e}\n")
         return EXIT_USAGE
     except TrainingAborted as e:

@@ -189,7 +189,10 @@ class Config:
         need(self.dynamic_sampling_rounds == 0 or self.skip_zero_signal, "dynamic_sampling_rounds", "needs skip_zero_signal=true (it refills skipped groups)")
         need(self.oversample >= 1, "oversample", "must be >= 1")
         need(not self.kl_in_reward or self.kl_beta > 0, "kl_in_reward", "needs kl_beta > 0")
-        need(self.learning_rate > 0, "learning_rate", "must be > 0")
+        need(0 < self.learning_rate < float("inf"), "learning_rate", "must be a finite number > 0")
+        need(0 <= self.adam_beta1 < 1, "adam_beta1", "must be in [0, 1)")
+        need(0 <= self.adam_beta2 < 1, "adam_beta2", "must be in [0, 1)")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 = no clipping)")
         need(self.max_bad_steps >= 1, "max_bad_steps", "must be >= 1")
         need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
@@ -321,7 +324,7 @@ def load_config(config_file: str | os.PathLike | None = None, overrides: dict[st
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found")
+            raise ConfigError(f"config file {str(path)!r} not found; check the --config path (relative paths start at the working directory)")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

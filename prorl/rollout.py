@@ -477,19 +477,50 @@ def completion_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    share_prompts: bool | None = None,
 ):
     """Per-token log-probs of the completions under `model` (grad flows if enabled).
 
     prompt_*: [B, Lp] left-padded; completion_*: [B, Lc] right-padded.
     Returns logp [B, Lc] (and entropy [B, Lc] when asked). Only the completion positions' logits are
     materialised (`logits_to_keep`), which keeps memory at B x Lc x V.
+
+    Rows that repeat the previous row's prompt (a group's samples are adjacent) can share one forward
+    pass of that prompt: the prompt runs once per group and its keys/values are reused (and, under
+    autograd, its gradient summed) by the group's completions. Same math as the full forward, up to
+    float rounding; it saves (rows - groups) x Lp token-forwards. `share_prompts=None` (default)
+    shares when that saves at least 10% of the tokens and the model is a plain (or PEFT) transformers
+    model without activation checkpointing (not DDP/FSDP/DeepSpeed-wrapped); True/False force it.
     """
     from .algos import entropy_from_logits, token_logprobs
+
+    Lc = completion_ids.size(1)
+    groups = None
+    if share_prompts is not False and Lc > 0:
+        groups = _prompt_groups(prompt_ids, prompt_mask)
+        if groups is not None and share_prompts is None:
+            B, Lp = prompt_ids.shape
+            saved = (B - groups[0].numel()) * Lp
+            if saved * 10 < B * (Lp + Lc) or not _can_share_prompts(model):
+                groups = None
+    if groups is not None:
+        first_logits, rest_logits = _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *groups)
+        logp = torch.cat([
+            token_logprobs(first_logits, completion_ids[:, :1], temperature),
+            token_logprobs(rest_logits, completion_ids[:, 1:], temperature),
+        ], dim=1)
+        if not with_entropy:
+            return logp
+        with torch.no_grad():
+            entropy = torch.cat([
+                entropy_from_logits(first_logits.detach(), temperature),
+                entropy_from_logits(rest_logits.detach(), temperature),
+            ], dim=1)
+        return logp, entropy
 
     ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask, completion_mask], dim=1)
     position = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    Lc = completion_ids.size(1)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False, logits_to_keep=Lc + 1).logits
     logits = logits[:, :-1, :]
     logp = token_logprobs(logits, completion_ids, temperature)
@@ -498,6 +529,63 @@ def completion_logprobs(
     with torch.no_grad():
         entropy = entropy_from_logits(logits.detach(), temperature)
     return logp, entropy
+
+
+def _prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+    """(first row of each run of identical adjacent prompts [U], run index of every row [B]), or None
+    when no row repeats its predecessor's prompt."""
+    B = prompt_ids.size(0)
+    if B < 2:
+        return None
+    same = (prompt_ids[1:] == prompt_ids[:-1]).all(dim=1) & (prompt_mask[1:] == prompt_mask[:-1]).all(dim=1)
+    starts = torch.cat([torch.ones(1, dtype=torch.bool, device=same.device), ~same])
+    first = starts.nonzero().squeeze(1)
+    if first.numel() == B:
+        return None
+    return first, starts.long().cumsum(0) - 1
+
+
+def _can_share_prompts(model) -> bool:
+    """Prompt sharing runs two forward calls per batch: fine for a plain or PEFT transformers model,
+    not for DDP/FSDP/DeepSpeed wrappers or FSDP2-sharded (DTensor) parameters, nor with activation
+    checkpointing (which turns the KV cache off)."""
+    from transformers import PreTrainedModel
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not isinstance(target, PreTrainedModel):
+        return False
+    if getattr(target, "_prorl_no_prompt_sharing", False):
+        return False
+    if target.training and torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) for m in target.modules()):
+        return False
+    return not any(type(p).__name__ == "DTensor" for p in target.parameters())
+
+
+def _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, first, group):
+    """Logits predicting completion token 0 ([B, 1, V]) and tokens 1.. ([B, Lc-1, V]), each unique
+    prompt run once."""
+    cache_kw = _cache_kwarg(model)
+    Lp = prompt_ids.size(1)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    position = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    pre = model(
+        input_ids=prompt_ids[first], attention_mask=prompt_mask[first], position_ids=position[first, :Lp],
+        use_cache=True, logits_to_keep=1, **{cache_kw: DynamicCache()},
+    )
+    cache = _returned_cache(pre)
+    layers = getattr(cache, "layers", None)
+    if DynamicLayer is None or not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        raise RuntimeError(
+            "share_prompts needs a transformers DynamicCache of plain DynamicLayers (transformers >= 4.56, "
+            "full attention); pass share_prompts=False"
+        )
+    cache.batch_select_indices(group)  # each row reads its group's prompt keys/values (grads summed back)
+    first_logits = pre.logits[:, -1:, :][group]
+    out = model(
+        input_ids=completion_ids, attention_mask=mask, position_ids=position[:, Lp:], use_cache=True,
+        logits_to_keep=completion_ids.size(1), **{cache_kw: cache},
+    )
+    return first_logits, out.logits[:, :-1, :]
 
 
 def concat_rollouts(parts: list[Rollout], *, pad_token_id: int) -> Rollout:

@@ -40,6 +40,7 @@ class TrainingAborted(RuntimeError):
 def load_model_and_tokenizer(cfg: Config, path: str | None = None):
     """The policy and its tokenizer (`path` overrides the config's model, e.g. on resume)."""
     model_path = path or cfg.resolved_model_path()
+    _check_model_source(model_path)
     tok_path = cfg.tokenizer_name_or_path or model_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_path)
@@ -58,6 +59,45 @@ def load_model_and_tokenizer(cfg: Config, path: str | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()  # dropout off: sampling and training see the same policy (ratio is exactly 1 on-policy)
     return model, tokenizer
+
+
+def _check_model_source(model_path: str) -> None:
+    """One line for the usual mistakes (no such folder, not a model folder, not a causal LM) before
+    transformers' multi-line errors about repo ids and tokenizer backends."""
+    p = Path(model_path).expanduser()
+    local = p.exists() or model_path.startswith((".", "/", "~")) or model_path.count("/") > 1
+    if not local:
+        return  # a Hub id: transformers reports what went wrong with the download
+    if not p.is_dir():
+        raise ConfigError(
+            f"model_name_or_path={model_path!r} could not be loaded: no such folder; give a model folder (with config.json) or a Hub model id"
+        )
+    if not (p / "config.json").is_file():
+        raise ConfigError(
+            f"model_name_or_path={model_path!r} could not be loaded: no config.json, so it is not a saved transformers model; "
+            "point it at a folder written by save_pretrained (or a checkpoint-* folder)"
+        )
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        config = AutoConfig.from_pretrained(p)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model_name_or_path={model_path!r}: config.json could not be read: {str(e).splitlines()[0]}") from None
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ConfigError(
+            f"model_name_or_path={model_path!r} is a '{config.model_type}' model, which is not a causal LM "
+            "(AutoModelForCausalLM cannot load it); use a decoder-only model"
+        )
+
+
+def _launched_world_size() -> int:
+    """Processes the launcher started (torchrun and accelerate launch set WORLD_SIZE), known before
+    the accelerator exists."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -180,6 +220,9 @@ class Trainer:
 
     def __init__(self, config: Config, reward_funcs: Sequence[Callable | str] | None = None, accelerator=None):
         self.cfg = cfg = config.validate()
+        # cheap checks first: a bad launch or output_dir must not cost a model load to find out
+        dist.shard_slice(cfg.batch_size, 0, _launched_world_size())
+        checkpoint.ensure_output_dir(cfg.output_dir, fresh=not cfg.resume)
         trackers = None if cfg.report_to == "none" else cfg.report_to
         self.acc = accelerator or dist.make_accelerator(log_with=trackers, project_dir=cfg.output_dir)
         _quiet_libraries()
@@ -244,6 +287,8 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         if resume_path is not None:  # after prepare: FSDP replaces the parameters the state is keyed by
             dist.load_optimizer_state(self.acc, self.model, self.optimizer, checkpoint.load_optimizer_state(resume_path))
+            for group in self.optimizer.param_groups:  # like learning_rate, the config (not the checkpoint) decides these
+                group.update(weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2))
         if self.reference is not None:
             self.reference = dist.prepare_reference(self.acc, self.reference)
         self.device = self.acc.device
@@ -735,14 +780,19 @@ def _trim_metrics(path: Path, step: int) -> None:
     """On resume, drop metric lines past the checkpoint's step so no step appears twice."""
     if not path.exists():
         return
+    lines = path.read_text().splitlines()
     kept = []
-    for line in path.read_text().splitlines():
+    for line in lines:
         try:
             if json.loads(line).get("step", 0) <= step:
                 kept.append(line)
         except json.JSONDecodeError:
             continue  # a line cut by a crash
-    path.write_text("".join(l + "\n" for l in kept))
+    if kept == lines:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(l + "\n" for l in kept))
+    os.replace(tmp, path)  # a kill mid-write must not leave the run's metrics half-written
 
 
 def _format_eval(m: dict) -> str:

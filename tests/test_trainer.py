@@ -87,7 +87,7 @@ def test_nonfinite_gradients_are_skipped_then_abort(tmp_path, tiny_model):
     from prorl.trainer import TrainingAborted
 
     tr = Trainer(small_run(tmp_path, max_steps=3, max_bad_steps=2, save_every=0),
-                 reward_funcs=[lambda p, c, **k: [float(len(x)) for x in c]])
+                 reward_funcs=[lambda p, c, **k: [float(i % 3) for i in range(len(c))]])  # every group has signal
     before = _params(tr.acc.unwrap_model(tr.model))
     weight = tr.acc.unwrap_model(tr.model).get_input_embeddings().weight
     weight.register_hook(lambda g: torch.full_like(g, float("nan")))

@@ -304,7 +304,7 @@ class Rewards:
         fallback_total = self.fallback * sum(r.weight for r in self._loaded)
         for i in range(n):
             t = sum(r.weight * per_func[r.name][i] for r in self._loaded)
-            total.append(t if math.isfinite(t) else fallback_total)  # finite values can still overflow
+            total.append(t if _fits_float32(t) else fallback_total)  # finite values can still overflow
         return RewardOutput(total=total, per_func=per_func, faults=faults, first_error=first_error)
 
     def _call_one(self, r: _Loaded, prompts, completions, kw, n) -> tuple[list[float], int, str]:
@@ -385,7 +385,8 @@ def _as_float_list(raw, n: int) -> tuple[list[float | None] | None, str]:
     for i, v in enumerate(raw):
         f = _finite_float(v)
         if f is None and not problem:
-            problem = f"returned {_short_repr(v)} at index {i}, which is not a finite number"
+            beyond = isinstance(v, float) and math.isfinite(v)  # finite in Python, inf in the trainer's float32
+            problem = f"returned {_short_repr(v)} at index {i}, which is not a finite number" + (" in float32" if beyond else "")
         values.append(f)
     return values, problem
 
@@ -397,7 +398,14 @@ def _finite_float(v) -> float | None:
         f = float(v)  # bool, int, Fraction, Decimal, numpy scalars, one-element tensors
     except (TypeError, ValueError, OverflowError):
         return None
-    return f if math.isfinite(f) else None
+    return f if _fits_float32(f) else None
+
+
+_FLOAT32_MAX = 3.4028234663852886e38  # rewards become float32 tensors in the trainer: 1e39 would be inf there
+
+
+def _fits_float32(f: float) -> bool:
+    return math.isfinite(f) and abs(f) <= _FLOAT32_MAX
 
 
 def _short_repr(v) -> str:
