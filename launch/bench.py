@@ -74,7 +74,7 @@ MODELS = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
     "medium": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8),
 }
-SYSTEMS = ("prorl", "trl", "plain")  # plain = prorl with the reference (pre-optimisation) sampling loop
+SYSTEMS = ("prorl", "trl", "plain")  # plain = prorl with `generate(fast=False)`, `completion_logprobs(share_prompts=False)`
 MICRO_BATCH = 16
 LEARNING_RATE = 1e-6
 KL_BETA = 0.04
@@ -208,9 +208,10 @@ def worker_prorl(args, folder: Path, plain: bool = False) -> None:
     from prorl import Trainer
     from prorl.config import load_config
 
-    if plain:  # the reference sampling loop, for before/after comparisons of prorl.rollout
-        fast_generate = prorl.trainer.generate
+    if plain:  # prorl.rollout's reference paths, for before/after comparisons of its optimisations
+        fast_generate, logprobs = prorl.trainer.generate, prorl.trainer.completion_logprobs
         prorl.trainer.generate = lambda *a, **k: fast_generate(*a, fast=False, **k)
+        prorl.trainer.completion_logprobs = lambda *a, **k: logprobs(*a, share_prompts=False, **k)
     total = args.warmup + args.steps
     cfg = load_config(None, dict(
         model_name_or_path=str(folder / "model"), dataset=str(folder / "prompts.jsonl"), max_steps=total,
@@ -442,7 +443,8 @@ def paired_ratios(a: str, b: str, rounds: list[dict], args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=sorted(MODELS), default="tiny")
-    ap.add_argument("--against", default="", help="comma list of: trl (TRL's GRPOTrainer), plain (prorl with the plain sampling loop)")
+    ap.add_argument("--against", default="", help="comma list of: trl (TRL's GRPOTrainer), plain (prorl with the reference rollout paths: "
+                    "generate(fast=False), completion_logprobs(share_prompts=False))")
     ap.add_argument("--steps", type=int, default=5, help="measured optimizer steps per process")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up optimizer steps per process (not measured)")
     ap.add_argument("--rounds", type=int, default=1, help="fresh sets of processes, one after the other")

@@ -556,8 +556,12 @@ def _can_share_prompts(model) -> bool:
         return False
     if getattr(target, "_prorl_no_prompt_sharing", False):
         return False
-    if target.training and torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) for m in target.modules()):
-        return False
+    if target.training and torch.is_grad_enabled():
+        checkpointing = getattr(target, "is_activation_checkpointing", None)  # transformers >= 5.x name
+        if checkpointing is None:
+            checkpointing = getattr(target, "is_gradient_checkpointing", False)
+        if checkpointing:
+            return False
     return not any(type(p).__name__ == "DTensor" for p in target.parameters())
 
 
