@@ -386,6 +386,8 @@ def _generate_fast(
     attn[:, :Lp] = prompt_mask.repeat_interleave(n_samples, dim=0)
     next_pos = position[:, -1:].repeat_interleave(n_samples, dim=0) + 1
     uniforms = _uniform_table(keys, max_new_tokens)
+    # no padding anywhere: the mask is all ones and transformers would drop it anyway (same attention call)
+    unpadded = bool(prompt_mask.all())
 
     eos_list = sorted(set(int(e) for e in eos_token_ids))
     eos = torch.tensor(eos_list, device=device)
@@ -439,7 +441,7 @@ def _generate_fast(
             cache.batch_select_indices(keep)
         out = model(
             input_ids=tok.unsqueeze(-1),
-            attention_mask=attn[:, : Lp + t + 1],
+            attention_mask=None if unpadded else attn[:, : Lp + t + 1],
             position_ids=next_pos,
             use_cache=True,
             **{cache_kw: cache},
