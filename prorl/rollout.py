@@ -162,11 +162,17 @@ def generate(
     `logits_hook(logits) -> logits` lets tests inject faults before sanitising; it always sees the
     full [B, V] batch (finished rows are then kept in the batch).
 
-    `fast=True` (the default) gives the same tokens and log-probs as `fast=False`, the plain loop kept
-    as the reference, with less work per token: the KV cache grows in place in a preallocated buffer
-    instead of being re-concatenated every token, the per-token uniforms are computed once up front,
-    the full NaN/inf repair only runs when a row is not finite, and rows that emitted EOS are dropped
-    from the batch and the KV cache (once they are at least 1/8 of it) so later tokens cost less.
+    `fast=True` (the default) does the same sampling as `fast=False` (the plain loop, kept as the
+    reference) with less work per token: the KV cache grows in place in a preallocated buffer instead
+    of being re-concatenated every token, the per-token uniforms are computed once up front, the full
+    NaN/inf repair only runs when some logit is not finite, the all-ones attention mask of unpadded
+    prompts is not rebuilt every token, and rows that emitted EOS are dropped from the batch and the
+    KV cache (once they are 1/8 of it, while >= 16 rows remain) so later tokens cost less.
+    Until the first drop the two paths are bit-identical. After it, with one intra-op thread they
+    still are; with several, PyTorch's CPU flash-attention kernel rounds a row's output differently
+    depending on its position in the batch, so log-probs may differ in the last bit (and a token only
+    if its uniform falls within that rounding of a CDF boundary). With `logits_hook` rows are never
+    dropped.
     """
     with torch.no_grad():
         if fast and DynamicLayer is not None:
@@ -349,8 +355,8 @@ def _uniform_table(keys: torch.Tensor, steps: int) -> torch.Tensor:
 
 # Finished rows are dropped only while at least this many rows stay in the batch. Below ~16 rows a
 # decode step costs about the same whatever the row count (it is bound by reading the weights), and
-# BLAS picks other kernels for very small batches (1-11 rows on this CPU), whose rounding would make
-# the log-probs differ from the plain loop's in the last bit.
+# BLAS takes other kernels for very small batches (1-3 rows on one thread, up to 11 on two, on the
+# CPU this was written on) whose rounding would make log-probs differ from the plain loop's.
 _MIN_ROWS = 16
 
 

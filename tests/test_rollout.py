@@ -136,3 +136,160 @@ def test_generate_survives_nan_and_inf_logits(model):
     assert (ro.completion_ids[2][m[2]] == 3).all()  # +inf token is the only choice
     assert (ro.completion_ids[3][m[3]] % 2 == 1).all()  # nan tokens never sampled
     assert ((ro.completion_ids >= 0) & (ro.completion_ids < 24)).all()
+
+
+# ----------------------------------------------------------------------
+# the fast sampling loop and prompt sharing against their reference paths
+
+from prorl import rollout as rollout_mod  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    """Bit-for-bit comparisons run on one intra-op thread: with several, PyTorch's CPU flash-attention
+    kernel rounds a row differently depending on its position in the batch."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _group_keys(n_prompts, n, step=0):
+    return sample_keys(0, step, torch.arange(n_prompts).repeat_interleave(n), torch.arange(n).repeat(n_prompts))
+
+
+def _assert_same_rollout(a, b, exact_logprobs=True):
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert torch.equal(a.completion_mask, b.completion_mask)
+    assert torch.equal(a.truncated, b.truncated)
+    assert torch.equal(a.prompt_ids, b.prompt_ids) and torch.equal(a.prompt_mask, b.prompt_mask)
+    assert a.repaired_rows == b.repaired_rows
+    if exact_logprobs:
+        assert torch.equal(a.logprobs, b.logprobs)
+    else:
+        assert torch.allclose(a.logprobs, b.logprobs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(temperature=1.0),
+    dict(temperature=0.7, eos_token_ids=[1, 5]),
+    dict(temperature=1.3, top_p=0.9, top_k=5),
+])
+def test_fast_generate_is_bit_identical_to_plain_loop_while_dropping_finished_rows(model, one_thread, monkeypatch, kw):
+    ids, mask = prompts()  # left-padded
+    n = 8  # 24 rows: several EOS drops happen before fewer than 16 rows are left
+    kw = dict(dict(n_samples=n, keys=_group_keys(3, n), max_new_tokens=30, eos_token_ids=[1], pad_token_id=0), **kw)
+    drops = []
+    select = rollout_mod._BufferedLayer.batch_select_indices
+    monkeypatch.setattr(rollout_mod._BufferedLayer, "batch_select_indices", lambda self, idx: (drops.append(idx.numel()), select(self, idx))[1])
+    fast = generate(model, ids, mask, **kw)
+    plain = generate(model, ids, mask, fast=False, **kw)
+    assert drops and min(drops) >= rollout_mod._MIN_ROWS  # rows really were dropped from the KV cache
+    _assert_same_rollout(fast, plain)
+    assert not fast.truncated.all() and fast.truncated.any()
+
+
+def test_fast_generate_matches_plain_loop_on_several_threads(model):
+    ids, mask = prompts()
+    kw = dict(n_samples=8, keys=_group_keys(3, 8, step=4), max_new_tokens=30, eos_token_ids=[1], pad_token_id=0)
+    _assert_same_rollout(generate(model, ids, mask, **kw), generate(model, ids, mask, fast=False, **kw), exact_logprobs=False)
+
+
+def test_fast_generate_unpadded_prompts_and_nan_hook_match_plain_loop(model, one_thread):
+    ids = torch.tensor([[4, 5, 6, 7], [8, 2, 3, 4]])
+    mask = torch.ones_like(ids)  # no padding: the fast loop passes no attention mask at all
+    kw = dict(n_samples=4, keys=_group_keys(2, 4), max_new_tokens=12, eos_token_ids=[1], pad_token_id=0)
+    _assert_same_rollout(generate(model, ids, mask, **kw), generate(model, ids, mask, fast=False, **kw))
+
+    def poison(logits):  # a hook sees the whole batch (no rows dropped), every token
+        logits = logits.clone()
+        logits[0] = NAN
+        logits[1, 3] = INF
+        return logits
+
+    a = generate(model, ids, mask, logits_hook=poison, **kw)
+    b = generate(model, ids, mask, logits_hook=poison, fast=False, **kw)
+    _assert_same_rollout(a, b)
+    assert a.repaired_rows == 2 * a.completion_ids.size(1)
+
+
+def test_fast_generate_single_token_and_all_finished_early(model, one_thread):
+    ids, mask = prompts()
+    for max_new in (1, 2):
+        kw = dict(n_samples=2, keys=_group_keys(3, 2), max_new_tokens=max_new, eos_token_ids=[1], pad_token_id=0)
+        _assert_same_rollout(generate(model, ids, mask, **kw), generate(model, ids, mask, fast=False, **kw))
+    # every token is EOS: both loops stop after one token
+    kw = dict(n_samples=8, keys=_group_keys(3, 8), max_new_tokens=10, eos_token_ids=list(range(24)), pad_token_id=0)
+    a, b = generate(model, ids, mask, **kw), generate(model, ids, mask, fast=False, **kw)
+    _assert_same_rollout(a, b)
+    assert a.completion_ids.shape == (24, 1) and not a.truncated.any()
+
+
+def test_uniform_table_is_uniform_from_keys_bit_for_bit():
+    keys = sample_keys(7, 3, torch.arange(50), torch.arange(50) % 4)
+    table = rollout_mod._uniform_table(keys, 40)
+    assert table.dtype == torch.float64 and table.shape == (50, 40)
+    assert all(torch.equal(table[:, t], uniform_from_keys(keys, t)) for t in range(40))
+
+
+def test_buffered_cache_layer_behaves_like_concatenation():
+    from transformers.cache_utils import DynamicLayer
+
+    k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    buf = rollout_mod._BufferedLayer(k, v, capacity=6, repeats=2)  # one token of room, then it grows
+    ref = DynamicLayer()
+    ref.update(k.repeat_interleave(2, 0), v.repeat_interleave(2, 0))
+    for _ in range(3):
+        nk, nv = torch.randn(4, 3, 1, 4), torch.randn(4, 3, 1, 4)
+        got, want = buf.update(nk, nv), ref.update(nk, nv)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+    idx = torch.tensor([3, 0])
+    buf.batch_select_indices(idx)
+    ref.batch_select_indices(idx)
+    assert buf.get_seq_length() == ref.get_seq_length() == 8
+    assert torch.equal(buf.keys, ref.keys) and torch.equal(buf.values, ref.values)
+
+
+def _completions(B, Lc, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    comp = torch.randint(2, 24, (B, Lc), generator=g)
+    lengths = torch.randint(1, Lc + 1, (B,), generator=g)
+    cmask = (torch.arange(Lc)[None] < lengths[:, None]).long()
+    return torch.where(cmask.bool(), comp, 0), cmask
+
+
+def test_shared_prompt_logprobs_and_gradients_match_the_full_forward(model):
+    ids, mask = prompts()
+    ids, mask = ids[[0, 0, 0, 1, 1, 2, 2, 2, 2, 0]], mask[[0, 0, 0, 1, 1, 2, 2, 2, 2, 0]]  # runs of 3, 2, 4, 1
+    comp, cmask = _completions(10, 7)
+    out = {}
+    for share in (False, True):
+        model.zero_grad()
+        logp, ent = completion_logprobs(model, ids, mask, comp, cmask, temperature=0.7, with_entropy=True, share_prompts=share)
+        (logp * cmask).sum().backward()
+        out[share] = logp.detach(), ent, {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    m = cmask.bool()
+    assert torch.allclose(out[True][0][m], out[False][0][m], rtol=0, atol=1e-5)
+    assert torch.allclose(out[True][1][m], out[False][1][m], rtol=0, atol=1e-5)
+    for name, g in out[False][2].items():
+        assert torch.allclose(out[True][2][name], g, rtol=1e-4, atol=1e-5), name
+
+
+def test_prompt_sharing_is_chosen_only_when_it_pays(model, monkeypatch):
+    calls = []
+    shared = rollout_mod._shared_prompt_logits
+    monkeypatch.setattr(rollout_mod, "_shared_prompt_logits", lambda *a: (calls.append(1), shared(*a))[1])
+    ids, mask = prompts()
+    comp, cmask = _completions(12, 3)
+    rep = torch.arange(3).repeat_interleave(4)
+    with torch.no_grad():
+        lp = completion_logprobs(model, ids[rep], mask[rep], comp, cmask)  # 9 of 12 prompt passes saved
+        assert calls == [1]
+        plain = completion_logprobs(model, ids[rep], mask[rep], comp, cmask, share_prompts=False)
+        assert calls == [1] and torch.allclose(lp[cmask.bool()], plain[cmask.bool()], atol=1e-5)
+        completion_logprobs(model, ids, mask, comp[:3], cmask[:3])  # no repeated prompt: nothing to share
+        long_comp, long_mask = _completions(12, 60)
+        completion_logprobs(model, ids[rep], mask[rep], long_comp, long_mask)  # saves < 10% of the tokens
+    assert calls == [1]
+    assert not rollout_mod._can_share_prompts(torch.nn.Linear(2, 2))  # wrappers/other modules: full forward
