@@ -30,7 +30,9 @@ Batch semantics (TRL counts completions, prorl counts prompts):
            so steps_per_generation=gradient_accumulation_steps and generation_batch_size=P*N: one
            generation round and one optimizer step per P prompts; num_iterations=1 (no old-logprob
            pass, as in prorl); loss_type="dapo" (token sum / global token count = token_mean);
-           scale_rewards="group" (= grpo); epsilon=0.2; beta=0.04 (k3 KL in the loss)
+           scale_rewards="group" (= grpo); epsilon=0.2; beta=0.04 (k3 KL in the loss);
+           gradient_checkpointing=False (TRL's default is True; prorl has no activation checkpointing,
+           so the like-for-like run turns it off: `--trl_checkpointing` keeps TRL's default)
 
 How it is timed: every system runs in its own fresh process, all started together and set up in
 parallel (model load, reference copy, optimizer) but run in LOCKSTEP: the driver lets one process
@@ -42,11 +44,15 @@ measured steps (the first `--warmup` steps of each process are left out): the me
 step, the median completion tokens/s (EOS included, padding not), the median process CPU seconds
 per step, and the peak RSS (`resource.getrusage` high-water of that process: imports, models,
 optimizer and the steps). Ratios are medians of the per-step ratios of lockstep pairs.
-`flop_fraction` = model FLOPs per step / step time / this machine's fp32 `torch.mm` rate (best of
-a 2048^3 loop on `--threads` threads, measured before and after), model FLOPs counted as
-2*N*(prompt tokens once + completion tokens) for generation, 2*N*(tokens) for the reference
-forward and 6*N*(tokens) for the policy forward+backward, N = parameters a token passes through
-(the output layer included, the input embedding not), attention-score FLOPs ignored.
+`flop_fraction` = the FLOPs a system executes per step / its step time / this machine's fp32 matmul
+rate (best of a 2048^3 `torch.mm` loop on `--threads` threads, measured before and after the runs);
+FLOPs are 2*N per token for a forward and 6*N for forward+backward, N = the parameters a token passes
+through (the output layer included, the input embedding not), attention-score FLOPs and padding
+ignored: generation = prompt prefill (TRL: every row; prorl: once per prompt) + every completion
+token; reference forward + policy forward/backward = 8*N*(prompt + completion tokens), where prorl
+counts a micro-batch's repeated prompt once when it shares it. `model_flops_per_step` and
+`model_flop_fraction` use the same, system-independent workload count for everybody (each prompt
+once in generation, every sequence's full prompt in training), so they compare useful work.
 
 TRL runs from any Python that can `import trl` (`--trl_python`, `$PRORL_BENCH_TRL_PYTHON`, or this
 one); keep it out of the main environment, e.g.
@@ -273,6 +279,9 @@ def worker_trl(args, folder: Path) -> None:
         loss_type="dapo", scale_rewards="group", epsilon=0.2, seed=args.seed, use_cpu=True, bf16=False, fp16=False,
         model_init_kwargs={"dtype": "float32"}, report_to="none", save_strategy="no", logging_strategy="no",
         disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, log_completions=False,
+        # TRL turns activation checkpointing on by default (recompute in the backward to save memory);
+        # prorl has none, so it is off here unless --trl_checkpointing: both do the same computation
+        gradient_checkpointing=args.trl_checkpointing,
     )
     ds = datasets.load_dataset("json", data_files=str(folder / "prompts.jsonl"), split="train")
     trainer = GRPOTrainer(model=str(folder / "model"), reward_funcs=[reward], args=config, train_dataset=ds, callbacks=[Lockstep()])
@@ -340,7 +349,7 @@ def _forward(args) -> list[str]:
     out = ["--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
            "--prompt_len", str(args.prompt_len), "--n_samples", str(args.n_samples), "--n_prompts", str(args.n_prompts),
            "--max_new_tokens", str(args.max_new_tokens), "--seed", str(args.seed), "--matmul_seconds", str(args.matmul_seconds)]
-    return out + (["--eos"] if args.eos else [])
+    return out + (["--eos"] if args.eos else []) + (["--trl_checkpointing"] if args.trl_checkpointing else [])
 
 
 def _trl_python(args) -> str | None:
@@ -392,12 +401,30 @@ def matmul_rate(folder: Path, args) -> dict:
         w.close()
 
 
-def _flops_per_step(info: dict, args, completion_tokens: float) -> float:
+def _flops_per_step(info: dict, args, completion_tokens: float, system: str | None = None) -> float:
+    """Model FLOPs of one step (attention-score FLOPs and padding ignored).
+
+    system=None: the workload's FLOPs, the same for every system: generation forwards over each
+    prompt once and every completion token, 2N per token; the reference forward (2N) and the policy
+    forward+backward (6N) over every sequence's prompt and completion tokens.
+    system="prorl"/"plain"/"trl": what that system executes. TRL's generate prefills every row's
+    prompt (a prompt n_samples times); prorl prefills a prompt once per group, and its
+    `completion_logprobs` runs a micro-batch's repeated prompts once when that saves >= 10% of the
+    micro-batch's tokens ("plain" never shares in training).
+    """
     N = info["flop_params"]
-    seqs, lp = args.n_prompts * args.n_samples, args.prompt_len
-    generation = 2 * N * (args.n_prompts * lp + completion_tokens)
-    reference_and_policy = (2 + 6) * N * (seqs * lp + completion_tokens)
-    return generation + reference_and_policy
+    P, n, lp = args.n_prompts, args.n_samples, args.prompt_len
+    B = P * n
+    prefill = B * lp if system == "trl" else P * lp
+    train_prompt = B * lp
+    if system == "prorl":
+        train_prompt = 0
+        for start in range(0, B, MICRO_BATCH):
+            rows = min(MICRO_BATCH, B - start)
+            groups = (start + rows - 1) // n - start // n + 1
+            shared = (rows - groups) * lp * 10 >= rows * (lp + args.max_new_tokens)
+            train_prompt += (groups if shared else rows) * lp
+    return 2 * N * (prefill + completion_tokens) + (2 + 6) * N * (train_prompt + completion_tokens)
 
 
 def summarize(name: str, rounds: list[dict], args, info: dict, matmul_best: float | None) -> dict:
@@ -418,11 +445,15 @@ def summarize(name: str, rounds: list[dict], args, info: dict, matmul_best: floa
     gens = [st["gen"] for st in steps if "gen" in st]
     if gens:
         out["gen_sec_per_step"] = statistics.median(gens)
-    flops = _flops_per_step(info, args, out["completion_tokens_per_step"])
-    out["model_flops_per_step"] = flops
-    out["achieved_gflops"] = flops / out["sec_per_step"] / 1e9
+    tokens = out["completion_tokens_per_step"]
+    out["model_flops_per_step"] = _flops_per_step(info, args, tokens)
+    out["executed_flops_per_step"] = _flops_per_step(info, args, tokens, name)
+    out["achieved_gflops"] = out["executed_flops_per_step"] / out["sec_per_step"] / 1e9
     if matmul_best:
+        # share of the machine's fp32 matmul limit reached by the FLOPs this system executes
         out["flop_fraction"] = out["achieved_gflops"] / matmul_best
+        # the workload's FLOPs per second over that limit (can pass 1 when a system skips repeated work)
+        out["model_flop_fraction"] = out["model_flops_per_step"] / out["sec_per_step"] / 1e9 / matmul_best
     version = rounds[0]["finals"][name].get("version")
     if version:
         out["version"] = version
@@ -457,6 +488,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--matmul_seconds", type=float, default=3.0, help="how long each torch.mm rate measurement runs")
     ap.add_argument("--no_matmul", action="store_true", help="skip the matmul-rate measurement (no flop_fraction)")
+    ap.add_argument("--trl_checkpointing", action="store_true",
+                    help="run TRL with its default activation checkpointing (more compute, less memory); off by default")
     ap.add_argument("--trl_python", default=None, help="a Python that can import trl (default: $PRORL_BENCH_TRL_PYTHON, then this one)")
     ap.add_argument("--out", default=None, help="also write the JSON result to this file")
     ap.add_argument("--_worker", choices=SYSTEMS + ("matmul",), default=None, help=argparse.SUPPRESS)
@@ -516,6 +549,7 @@ def main(argv=None) -> int:
             "n_samples": args.n_samples, "max_new_tokens": args.max_new_tokens, "prompt_len": args.prompt_len,
             "eos": args.eos, "temperature": TEMPERATURE, "kl_beta": KL_BETA, "dtype": "float32",
             "micro_batch": MICRO_BATCH, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+            "trl_checkpointing": args.trl_checkpointing,
         },
         "machine": machine,
     }

@@ -140,6 +140,7 @@ def save_checkpoint(
     reference=None,
     optimizer_state: dict | None,
     trainer_state: dict,
+    extra_tensors: dict[str, dict] | None = None,
 ) -> Path:
     """Write a checkpoint atomically (call on the main process only).
 
@@ -155,6 +156,8 @@ def save_checkpoint(
         tokenizer.save_pretrained(tmp)
         if reference is not None:
             save_model(reference, str(tmp / "reference.safetensors"))
+        for name, tensors in (extra_tensors or {}).items():  # e.g. a LoRA run's reset base layers
+            save_file(tensors, str(tmp / name))
         if optimizer_state is not None:
             tensors, meta = optimizer_to_safetensors(optimizer_state)
             save_file(tensors, str(tmp / "optimizer.safetensors"))

@@ -1,6 +1,7 @@
 """Command line: a thin layer over `prorl.Config` and `prorl.Trainer`.
 
     prorl train [--config FILE.yaml] [--OPTION VALUE ...]
+    prorl eval --model CKPT [--k 1,4] ...   |   prorl plot OUTPUT_DIR   |   prorl merge CKPT --out DIR
     python -m prorl train ...            (also under `accelerate launch -m prorl train ...`)
 """
 
@@ -73,6 +74,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="PNG charts of a run", description="Write PNG charts of OUTPUT_DIR/metrics.jsonl.")
     pl.add_argument("output_dir", help="a training run's output_dir")
     pl.add_argument("--out", help="folder for the PNGs [default OUTPUT_DIR/plots]")
+
+    mg = sub.add_parser("merge", help="LoRA checkpoint -> plain model", description="Fold a LoRA checkpoint's adapters "
+                        "(and the base layers its reference resets changed) into the base model; write a plain model folder.")
+    mg.add_argument("checkpoint", help="a LoRA run's checkpoint folder")
+    mg.add_argument("--out", required=True, help="folder for the merged model")
+    mg.add_argument("--base", help="base model folder or Hub id [default: the one the run was trained from]")
     return parser
 
 
@@ -121,6 +128,14 @@ def _plot(argv: list[str]) -> int:
     return 0
 
 
+def _merge(argv: list[str]) -> int:
+    from .lora import merge_checkpoint
+
+    args = build_parser("merge").parse_args(["merge", *argv])
+    print(merge_checkpoint(args.checkpoint, args.out, base=args.base))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -128,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else EXIT_USAGE
     command = argv[0]
-    if command not in ("train", "eval", "plot"):
+    if command not in ("train", "eval", "plot", "merge"):
         parser.parse_args(argv)  # prints the one-line error
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .checkpoint import CheckpointError
@@ -140,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(argv[1:])
         if command == "plot":
             return _plot(argv[1:])
+        if command == "merge":
+            return _merge(argv[1:])
         cfg = parse_train_args(argv[1:])
         Trainer(cfg).train()
     except (ConfigError, RewardConfigError, CheckpointError) as e:

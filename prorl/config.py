@@ -57,7 +57,9 @@ class Config:
     data_files: str | None = opt(None, "data_files pattern passed to datasets.load_dataset (glob or path).")
     prompt_column: str = opt("prompt", "Column holding the prompt text, or chat messages (other columns go to reward functions).")
     rename_columns: dict[str, str] = opt({}, "Rename dataset columns before use, e.g. {solution: answer} so built-in rewards find 'answer'.")
-    max_prompts: int | None = opt(None, "Use at most this many prompts from the dataset (after shuffling).")
+    max_prompts: int | None = opt(None, "Use at most this many prompts from the dataset (after shuffling; with streaming, the first this many).")
+    streaming: bool = opt(False, "Read the dataset as a stream (datasets' IterableDataset) instead of downloading it whole; for very large sets. Needs max_steps.")
+    shuffle_buffer: int = opt(10_000, "With streaming: prompts are shuffled within a buffer of this many rows, reseeded each epoch (1 = stream order).")
     chat_template: bool = opt(False, "Render prompts with the tokenizer's chat template (as a user message).")
     system_prompt: str | None = opt(None, "System message prepended when chat_template is on.")
     max_prompt_length: int = opt(512, "Prompts longer than this many tokens are truncated from the left (with a warning).")
@@ -182,8 +184,6 @@ class Config:
         need(self.kl_beta >= 0, "kl_beta", "must be >= 0")
         need(self.ref_reset_every >= 0, "ref_reset_every", "must be >= 0 (0 = never)")
         need(self.lora_r >= 0, "lora_r", "must be >= 0 (0 = full fine-tuning)")
-        need(not (self.lora_r and (self.ref_reset_every or self.ref_reset_on_plateau)), "ref_reset_every",
-             "reference resets are not supported with LoRA yet (the reference is the frozen base); set ref_reset_every=0 or lora_r=0")
         need(0 < self.ref_ema_alpha <= 1, "ref_ema_alpha", "must be in (0, 1]")
         need(self.dynamic_sampling_rounds >= 0, "dynamic_sampling_rounds", "must be >= 0 (0 = off)")
         need(self.dynamic_sampling_rounds == 0 or self.skip_zero_signal, "dynamic_sampling_rounds", "needs skip_zero_signal=true (it refills skipped groups)")
@@ -211,6 +211,9 @@ class Config:
         need(self.n_logged_samples >= 1, "n_logged_samples", "must be >= 1")
         need(self.reward_timeout > 0, "reward_timeout", "must be > 0 seconds")
         need(self.max_prompts is None or self.max_prompts >= 1, "max_prompts", "must be >= 1 (or unset)")
+        need(not self.streaming or self.max_steps is not None, "streaming",
+             "a stream's length is unknown, so streaming=true needs max_steps (set max_steps, or streaming=false to use n_epochs)")
+        need(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1 row (1 = no shuffling)")
         need(len(self.reward_funcs) >= 1, "reward_funcs", "name at least one reward function")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ConfigError(
@@ -228,7 +231,8 @@ class Config:
     def eval_config(self) -> "Config":
         """The dataset options of the held-out set, as a Config for `load_prompt_dataset`."""
         return dataclasses.replace(
-            self, dataset=self.eval_dataset or self.dataset, dataset_split=self.eval_split, max_prompts=self.eval_max_prompts
+            self, dataset=self.eval_dataset or self.dataset, dataset_split=self.eval_split, max_prompts=self.eval_max_prompts,
+            streaming=False,  # a held-out set is scored whole, every eval
         )
 
     def resolved_model_path(self) -> str:

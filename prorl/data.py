@@ -21,12 +21,13 @@ log = logging.getLogger(__name__)
 _LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def load_prompt_dataset(cfg: Config) -> datasets.Dataset:
+def load_prompt_dataset(cfg: Config) -> datasets.Dataset | datasets.IterableDataset:
     """The prompt dataset named by the config, with a string column ``prompt``.
 
     Accepts a local file (txt: one prompt per line; jsonl/json/csv/parquet), a `save_to_disk` folder,
     a folder of data files, ``builtin:NAME`` (or nothing: the built-in arithmetic task), or a Hub
-    dataset name with optional config and split.
+    dataset name with optional config and split. With ``cfg.streaming`` the same sources come back
+    as a `datasets.IterableDataset` (read lazily; wrap it in `StreamingPrompts`).
     """
     source = cfg.dataset
     if source is None or source.startswith("builtin:"):
@@ -39,9 +40,14 @@ def load_prompt_dataset(cfg: Config) -> datasets.Dataset:
             raise ConfigError(f"dataset={source!r}: {e}") from None
     else:
         ds = _load_external(source, cfg)
+    if cfg.streaming and isinstance(ds, datasets.Dataset):  # built-in and save_to_disk sets stream from memory/disk
+        ds = ds.to_iterable_dataset()
     ds = _rename(ds, cfg.rename_columns, source)
     ds = _prompt_column(ds, cfg.prompt_column, source)
     _check_prompt_type(ds, cfg.prompt_column, source)
+    if isinstance(ds, datasets.IterableDataset):
+        ds = ds.filter(_non_empty, input_columns="prompt")
+        return ds.take(cfg.max_prompts) if cfg.max_prompts is not None else ds
     total = len(ds)
     ds = ds.filter(_non_empty, input_columns="prompt")
     if len(ds) == 0:
@@ -51,6 +57,11 @@ def load_prompt_dataset(cfg: Config) -> datasets.Dataset:
         )
     if len(ds) < total:
         log.warning("dataset=%r: skipped %d empty prompt(s) of %d", source, total - len(ds), total)
+    feature = ds.features.get("prompt")
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        bad = next((p for p in ds["prompt"] if not isinstance(p, (str, list))), None)  # a mixed column (JSON)
+        if bad is not None:
+            raise ConfigError(f"dataset={source!r}: a prompt is a {type(bad).__name__}, not text; point prompt_column at the prompt text")
     if cfg.max_prompts is not None and len(ds) > cfg.max_prompts:
         ds = ds.shuffle(seed=cfg.seed).select(range(cfg.max_prompts))
     return ds
@@ -67,11 +78,13 @@ def _load_external(source: str, cfg: Config) -> datasets.Dataset:
                 if isinstance(ds, datasets.DatasetDict):
                     ds = _pick_split(ds, cfg.dataset_split, source)
                 return ds
-            return datasets.load_dataset(str(path), cfg.dataset_config, data_files=cfg.data_files, split=cfg.dataset_split)
+            return datasets.load_dataset(str(path), cfg.dataset_config, data_files=cfg.data_files, split=cfg.dataset_split,
+                                         streaming=cfg.streaming)
         if path.suffix.lower() in _LOCAL_FORMATS or os.sep in source and not _looks_like_hub_id(source):
             raise ConfigError(f"dataset={source!r} not found: give an existing file or folder, or a Hub dataset name")
         # A Hub dataset name (users online) or a packaged loader such as "json" with data_files.
-        return datasets.load_dataset(source, cfg.dataset_config, data_files=cfg.data_files, split=cfg.dataset_split)
+        return datasets.load_dataset(source, cfg.dataset_config, data_files=cfg.data_files, split=cfg.dataset_split,
+                                     streaming=cfg.streaming)
     except ConfigError:
         raise
     except UnicodeDecodeError as e:
@@ -96,7 +109,7 @@ def _load_local_file(path: Path, source: str, cfg: Config) -> datasets.Dataset:
         _check_utf8(path, source)
     try:
         with _datasets_errors_silenced():  # its own multi-line ERROR log would precede our one line
-            ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+            ds = datasets.load_dataset(fmt, data_files=str(path), split="train", streaming=cfg.streaming)
     except Exception as e:  # datasets wraps the parser's error (pyarrow, pandas) in DatasetGenerationError
         raise ConfigError(_parse_error(path, source, fmt, e)) from None
     if fmt == "text":
@@ -144,9 +157,10 @@ def _parse_error(path: Path, source: str, fmt: str, e: BaseException) -> str:
     return f"dataset={source!r} could not be parsed as {kind}: {reason}; fix the file"
 
 
-def _check_prompt_type(ds: datasets.Dataset, column: str, source) -> None:
-    """Prompts must be text (or chat messages); numbers would otherwise be dropped as 'empty'."""
-    feature = ds.features.get("prompt")
+def _check_prompt_type(ds: datasets.Dataset | datasets.IterableDataset, column: str, source) -> None:
+    """Prompts must be text (or chat messages); numbers would otherwise be dropped as 'empty'.
+    (A stream whose features are unknown until read is checked row by row in `StreamingPrompts`.)"""
+    feature = (ds.features or {}).get("prompt")
     dtype = getattr(feature, "dtype", None)
     if isinstance(feature, datasets.Value) and dtype not in ("string", "large_string", "null"):
         raise ConfigError(
@@ -175,9 +189,12 @@ def _check_utf8(path: Path, source: str) -> None:
 
 
 def _non_empty(prompt) -> bool:
+    """Drops blank text and empty message lists; keeps any other type so the type check can name it."""
     if isinstance(prompt, str):
         return prompt.strip() != ""
-    return isinstance(prompt, list) and len(prompt) > 0  # chat messages
+    if isinstance(prompt, list):
+        return len(prompt) > 0  # chat messages
+    return prompt is not None
 
 
 def _looks_like_hub_id(s: str) -> bool:
@@ -191,20 +208,37 @@ def _pick_split(dd: datasets.DatasetDict, split: str, source: str) -> datasets.D
     return dd[split]
 
 
-def _rename(ds: datasets.Dataset, mapping: dict, source) -> datasets.Dataset:
-    missing = [c for c in mapping if c not in ds.column_names]
+def _column_names(ds) -> list[str] | None:
+    """Column names; a stream whose features are unknown reads its first row to find them."""
+    if ds.column_names is not None:
+        return list(ds.column_names)
+    try:
+        first = next(iter(ds.take(1)), None)
+    except StopIteration:
+        first = None
+    return list(first) if first is not None else None
+
+
+def _rename(ds, mapping: dict, source):
+    if not mapping:
+        return ds
+    names = _column_names(ds) or []
+    missing = [c for c in mapping if c not in names]
     if missing:
-        raise ConfigError(f"rename_columns names {missing}, not columns of dataset={source!r}; columns are: {', '.join(ds.column_names)}")
-    return ds.rename_columns(dict(mapping)) if mapping else ds
+        raise ConfigError(f"rename_columns names {missing}, not columns of dataset={source!r}; columns are: {', '.join(names)}")
+    return ds.rename_columns(dict(mapping))
 
 
-def _prompt_column(ds: datasets.Dataset, column: str, source) -> datasets.Dataset:
-    if column not in ds.column_names:
+def _prompt_column(ds, column: str, source):
+    names = _column_names(ds)
+    if names is None:
+        raise ConfigError(f"dataset={source!r} is empty (the stream yielded no rows); check the name, split and data_files")
+    if column not in names:
         raise ConfigError(
-            f"dataset={source!r} has no column '{column}'; columns are: {', '.join(ds.column_names)} (set prompt_column)"
+            f"dataset={source!r} has no column '{column}'; columns are: {', '.join(names)} (set prompt_column)"
         )
     if column != "prompt":
-        if "prompt" in ds.column_names:
+        if "prompt" in names:
             ds = ds.rename_column("prompt", "prompt_original")
         ds = ds.rename_column(column, "prompt")
     return ds
@@ -240,6 +274,50 @@ class PromptStream:
                 self._cached = (epoch, epoch_order(self.n, epoch, self.seed))
             out.append(self._cached[1][i])
         return out
+
+
+class StreamingPrompts:
+    """The order prompts are drawn in when the dataset is a stream (``streaming=true``).
+
+    Epoch e is the stream shuffled by `datasets` in a buffer of `shuffle_buffer` rows with seed
+    (seed, e), epochs back to back; position p is the p-th row of that sequence, as in
+    `PromptStream`. Reading is sequential: only the main process reads, and the trainer broadcasts
+    each batch (so every process count sees the same prompts). `seek(p)` re-reads the first p rows,
+    so a resumed run continues with exactly the prompts the interrupted run would have drawn.
+    """
+
+    def __init__(self, ds: datasets.IterableDataset, seed: int, shuffle_buffer: int, source=None):
+        self.ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer > 1 else ds
+        self.source = source
+        self.epoch, self.position, self._it, self._in_epoch = 0, 0, None, 0
+
+    def take(self, count: int) -> list[dict]:
+        """The next `count` rows (dicts with a 'prompt' key and the other columns)."""
+        out = []
+        while len(out) < count:
+            if self._it is None:
+                self.ds.set_epoch(self.epoch)
+                self._it, self._in_epoch = iter(self.ds), 0
+            row = next(self._it, None)
+            if row is None:
+                if self._in_epoch == 0:
+                    raise ConfigError(f"dataset={self.source!r} yielded no non-empty prompts (streaming); check the name, split and prompt_column")
+                self.epoch, self._it = self.epoch + 1, None
+                continue
+            if not isinstance(row["prompt"], (str, list)):
+                raise ConfigError(
+                    f"dataset={self.source!r}: a prompt is a {type(row['prompt']).__name__}, not text; point prompt_column at the prompt text"
+                )
+            out.append(row)
+            self._in_epoch += 1
+        self.position += count
+        return out
+
+    def seek(self, position: int, chunk: int = 4096) -> None:
+        """Start over and skip to `position` (the number of prompts an earlier run drew)."""
+        self.epoch, self.position, self._it = 0, 0, None
+        while self.position < position:
+            self.take(min(chunk, position - self.position))
 
 
 def render_prompts(prompts: list, tokenizer, cfg: Config) -> list[str]:

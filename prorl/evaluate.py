@@ -105,6 +105,8 @@ def format_table(result: dict) -> str:
 
 def run_eval(cfg, *, ks: list[int], n: int) -> dict:
     """`prorl eval`: load a model (folder or Hub id) and evaluate it on cfg's dataset/split."""
+    import datasets
+
     from .data import load_prompt_dataset, render_prompts, tokenize_prompts
     from .rewards import build_rewards
     from .trainer import _quiet_libraries, eos_ids, load_model_and_tokenizer
@@ -114,6 +116,8 @@ def run_eval(cfg, *, ks: list[int], n: int) -> dict:
     model, tokenizer = load_model_and_tokenizer(cfg)
     model.to(acc.device)
     ds = load_prompt_dataset(cfg)
+    if not isinstance(ds, datasets.Dataset):  # streaming=true: scored whole, so read it (max_prompts caps it)
+        ds = datasets.Dataset.from_list(list(ds))
     rewards = build_rewards(cfg.reward_funcs, cfg.reward_weights, kwargs=cfg.reward_kwargs, fallback=cfg.reward_fallback,
                             strict=cfg.reward_strict, timeout_s=cfg.reward_timeout)
     prompts = render_prompts(ds["prompt"], tokenizer, cfg)

@@ -1,11 +1,21 @@
 """LoRA adapters through PEFT (optional extra `peft`): train adapters, and use the base model with
-adapters disabled as the reference policy, so no second copy of the weights is held."""
+adapters disabled as the reference policy, so no second copy of the weights is held.
+
+A reference reset (ProRL) folds the adapters into the base: the base becomes the current policy and
+the adapters restart from zero. Checkpoints after a reset therefore also hold the changed base
+layers (`lora_base.safetensors`), which resume and `prorl merge` load before the adapters."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
+
+import torch
 
 from .config import Config, ConfigError
+
+BASE_FILE = "lora_base.safetensors"
 
 
 def _peft():
@@ -39,12 +49,79 @@ def adapters_disabled(model):
         yield model
 
 
-def merge_checkpoint(checkpoint: str, base: str, out: str) -> None:
-    """Fold a checkpoint's adapters into the base weights and save a plain model folder."""
+def _lora_layers(model):
+    """(plain module name, LoRA layer) pairs; plain = the name in the model without PEFT's wrapping."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            yield name.removeprefix("base_model.model."), module
+
+
+@torch.no_grad()
+def fold_adapters_into_base(model, alpha: float = 1.0) -> None:
+    """Move the reference (the base) a fraction `alpha` of the way to the policy, leaving the policy as is.
+
+    Per LoRA layer, with update dW = scale * B @ A:  W <- W + alpha * dW  and  B <- (1 - alpha) * B,
+    so W + dW is unchanged (dW is linear in B) and the base equals the policy when alpha = 1 (ProRL's
+    hard reset; the adapters restart from zero) or mixes like an EMA when alpha < 1. Every process
+    applies the same arithmetic to its replica, so DDP replicas stay equal."""
+    for _, layer in _lora_layers(model):
+        base = layer.get_base_layer()
+        for adapter in layer.active_adapters:
+            if adapter in layer.lora_A:
+                base.weight += alpha * layer.get_delta_weight(adapter).to(base.weight.dtype)
+                layer.lora_B[adapter].weight.mul_(1.0 - alpha)
+
+
+def base_weights(model) -> dict[str, torch.Tensor]:
+    """The base weights of the LoRA-wrapped layers, keyed by their plain model names (for checkpoints)."""
+    return {f"{name}.weight": layer.get_base_layer().weight.detach().contiguous().cpu() for name, layer in _lora_layers(model)}
+
+
+def load_base_weights(model, checkpoint) -> None:
+    """Load a checkpoint's folded base layers (if it has any) into a plain (not yet wrapped) model."""
+    from safetensors.torch import load_file
+
+    file = Path(checkpoint) / BASE_FILE
+    if not file.exists():
+        return
+    tensors = load_file(str(file))
+    params = dict(model.named_parameters())
+    unknown = [k for k in tensors if k not in params or params[k].shape != tensors[k].shape]
+    if unknown:
+        raise ConfigError(f"{file} does not match the base model ({len(unknown)} tensors, e.g. {unknown[0]!r}); was it saved from a different model?")
+    with torch.no_grad():
+        for k, v in tensors.items():
+            params[k].copy_(v)
+
+
+def merge_checkpoint(checkpoint: str, out: str, base: str | None = None) -> Path:
+    """Fold a LoRA checkpoint's adapters (and any reset base layers) into the base model and save a
+    plain model folder at `out`. `base` defaults to the base model the adapters were trained on."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     peft = _peft()
-    model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), checkpoint)
-    merged = model.merge_and_unload()
+    ckpt = Path(checkpoint)
+    adapter_config = ckpt / "adapter_config.json"
+    if not adapter_config.exists():
+        raise ConfigError(
+            f"{checkpoint!r} is not a LoRA checkpoint (no adapter_config.json); a full fine-tuning checkpoint is already a plain model folder"
+        )
+    if base is None:
+        state = ckpt / "trainer_state.json"
+        base = json.loads(state.read_text()).get("model_name_or_path") if state.exists() else None
+        base = base or json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ConfigError(f"{checkpoint!r} does not name its base model; pass --base MODEL")
+    if Path(out).resolve() == ckpt.resolve():
+        raise ConfigError(f"--out {out!r} is the checkpoint itself; choose a new folder")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base)
+    except OSError as e:
+        raise ConfigError(f"base model {base!r} could not be loaded ({str(e).splitlines()[0]}); pass --base MODEL") from None
+    load_base_weights(model, ckpt)
+    merged = peft.PeftModel.from_pretrained(model, str(ckpt)).merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(checkpoint).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(ckpt)).save_pretrained(out)
+    return Path(out)

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import algos, checkpoint, dist
 from .config import Config, ConfigError
-from .data import PromptStream, load_prompt_dataset, render_prompts, steps_per_epoch, tokenize_prompts
+from .data import PromptStream, StreamingPrompts, load_prompt_dataset, render_prompts, steps_per_epoch, tokenize_prompts
 from .rewards import build_rewards
 from .rollout import completion_logprobs, concat_rollouts, generate, sample_keys
 
@@ -244,6 +244,10 @@ class Trainer:
         if cfg.lora_r:
             from .lora import attach_lora
 
+            if resume_path is not None:
+                from .lora import load_base_weights
+
+                load_base_weights(self.model, resume_path)  # the base as reference resets left it
             self.model = attach_lora(self.model, cfg, resume_path)  # reference = base, adapters off
         elif cfg.kl_beta > 0:
             self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -253,12 +257,15 @@ class Trainer:
         self.dataset = load_prompt_dataset(cfg)
         self.eval_set = load_prompt_dataset(cfg.eval_config()) if cfg.eval_every else None
         self.best_eval, self.evals_since_best = -1.0, 0
-        self.columns = [c for c in self.dataset.column_names if c != "prompt"]
-        self.stream = PromptStream(len(self.dataset), cfg.seed)
-        self.steps_per_epoch = steps_per_epoch(len(self.dataset), cfg.batch_size)
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"the dataset has {len(self.dataset)} prompts, fewer than batch_size={cfg.batch_size}; lower batch_size")
-        self.total_steps = cfg.max_steps or cfg.n_epochs * self.steps_per_epoch
+        if cfg.streaming:  # read by the main process only, batches broadcast (see _draw_prompts)
+            self.stream = StreamingPrompts(self.dataset, cfg.seed, cfg.shuffle_buffer, cfg.dataset)
+            self.total_steps = cfg.max_steps
+        else:
+            self.stream = PromptStream(len(self.dataset), cfg.seed)
+            self.steps_per_epoch = steps_per_epoch(len(self.dataset), cfg.batch_size)
+            if self.steps_per_epoch == 0:
+                raise ConfigError(f"the dataset has {len(self.dataset)} prompts, fewer than batch_size={cfg.batch_size}; lower batch_size")
+            self.total_steps = cfg.max_steps or cfg.n_epochs * self.steps_per_epoch
         self.local = dist.local_slice(cfg.batch_size, self.acc)
 
         specs = list(reward_funcs) if reward_funcs is not None else cfg.reward_funcs
@@ -382,6 +389,22 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------
+    def _draw_prompts(self, first: int, take: int, share: slice) -> dict[str, list]:
+        """This process's share of the next `take` prompts (global), as columns.
+
+        A map-style dataset is indexed directly (each process reads only its share); a stream is read
+        by the main process and broadcast, so every process count draws the same prompts."""
+        if not self.cfg.streaming:
+            local = self.stream.rows(first, share.stop - share.start) if share.stop > share.start else []
+            return self.dataset[local]
+        rows = dist.broadcast_object(self.acc, self.stream.take(take) if self.acc.is_main_process else None)[share]
+        keys = rows[0].keys() if rows else ["prompt"]
+        return {k: [r[k] for r in rows] for k in keys}
+
+    def _epoch(self) -> float:
+        """Passes over the data so far (a stream's length is unknown: the epoch being read)."""
+        return float(self.stream.epoch) if self.cfg.streaming else self.cursor / len(self.dataset)
+
     def _sample_round(self, take: int) -> _Round:
         """Draw `take` prompts (global), sample this process's share, score it, gather rewards."""
         cfg, acc, n = self.cfg, self.acc, self.cfg.n_samples
@@ -389,12 +412,11 @@ class Trainer:
         self.cursor += take
         share = dist.shard_slice(take, acc.process_index, acc.num_processes)
         positions = positions[share]
-        rows = self.stream.rows(positions[0], len(positions)) if positions else []
-        batch = self.dataset[rows]
+        batch = self._draw_prompts(positions[0] if positions else 0, take, share)
         prompts = render_prompts(batch["prompt"], self.tokenizer, cfg)
 
         group = torch.tensor(positions, device=self.device).repeat_interleave(n)
-        keys = sample_keys(cfg.seed, 0, group, torch.arange(n, device=self.device).repeat(len(rows)))
+        keys = sample_keys(cfg.seed, 0, group, torch.arange(n, device=self.device).repeat(len(prompts)))
         chunk = cfg.rollout_batch_size or max(len(prompts), 1)
         parts = []
         with dist.unwrapped_for_generation(acc, self.model) as policy, _explain_oom(
@@ -413,7 +435,7 @@ class Trainer:
         completions = self.tokenizer.batch_decode(
             [ids[: int(L)] for ids, L in zip(ro.completion_ids.tolist(), lengths.tolist())], skip_special_tokens=True
         )
-        columns = {c: [v for v in batch[c] for _ in range(n)] for c in self.columns}
+        columns = {c: [v for v in batch[c] for _ in range(n)] for c in batch if c != "prompt"}
         rep_prompts = [p for p in prompts for _ in range(n)]
         rw = self.rewards(
             rep_prompts, completions, columns,
@@ -514,7 +536,7 @@ class Trainer:
         all_scored = dist.gather_varlen(acc, scored)
         metrics = {
             "step": self.step,
-            "epoch": self.cursor / len(self.dataset),
+            "epoch": self._epoch(),
             "loss": upd["loss"],
             "reward_mean": float(all_scored.mean()),
             "reward_std": float(all_scored.std()) if all_scored.numel() > 1 else 0.0,
@@ -679,19 +701,24 @@ class Trainer:
         self.bad_steps = 0
         return norm
 
-    def _maybe_reset_reference(self) -> None:
+    def _maybe_reset_reference(self) -> bool:
         """ProRL: periodically make the current policy the new reference (and optionally reset Adam)."""
         cfg = self.cfg
-        if self.reference is None or not cfg.ref_reset_every or self.step % cfg.ref_reset_every:
+        if not self.has_reference or not cfg.ref_reset_every or self.step % cfg.ref_reset_every:
             return False
         self._reset_reference()
         return True
 
     def _reset_reference(self) -> None:
-        if self.reference is None:
+        if not self.has_reference:
             return
         alpha = 1.0 if self.cfg.ref_update == "reset" else self.cfg.ref_ema_alpha
-        dist.copy_policy_into_reference(self.acc, self.model, self.reference, alpha=alpha)
+        if self.reference is None:  # LoRA: the reference is the base, so fold the adapters into it
+            from .lora import fold_adapters_into_base
+
+            fold_adapters_into_base(self.acc.unwrap_model(self.model), alpha)
+        else:
+            dist.copy_policy_into_reference(self.acc, self.model, self.reference, alpha=alpha)
         if self.cfg.ref_reset_optimizer and alpha == 1.0:  # an EMA step is not a reset: keep Adam's moments
             self.optimizer.state.clear()
         self.totals["ref_resets"] += 1
@@ -712,10 +739,11 @@ class Trainer:
                 tokenizer=self.tokenizer,
                 reference=self.reference,
                 optimizer_state=optimizer_state,
+                extra_tensors=self._lora_base_to_save(),
                 trainer_state={
                     "step": self.step,
                     "cursor": self.cursor,
-                    "epoch": self.cursor / len(self.dataset),
+                    "epoch": self._epoch(),
                     "totals": self.totals,
                     "bad_steps": self.bad_steps,
                     "best_eval": self.best_eval,
@@ -730,6 +758,14 @@ class Trainer:
         acc.wait_for_everyone()
         return path
 
+    def _lora_base_to_save(self) -> dict | None:
+        """After a reference reset a LoRA run's base is no longer the model on disk: save its layers."""
+        if not (self.cfg.lora_r and self.totals["ref_resets"]):
+            return None
+        from .lora import BASE_FILE, base_weights
+
+        return {BASE_FILE: base_weights(self.acc.unwrap_model(self.model))}
+
     def _load_resume_state(self, path: Path) -> None:
         state = checkpoint.load_trainer_state(path)
         self.step = int(state["step"])
@@ -740,6 +776,9 @@ class Trainer:
         self.evals_since_best = int(state.get("evals_since_best", 0))
         if self.acc.is_main_process:
             log.info("resumed from %s at step %d", path, self.step)
+            if self.cfg.streaming and self.cursor:
+                log.info("streaming: re-reading the first %d prompts to continue exactly where the run stopped", self.cursor)
+                self.stream.seek(self.cursor)
 
 
 # ----------------------------------------------------------------------

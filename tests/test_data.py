@@ -4,7 +4,7 @@ import datasets
 import pytest
 
 from prorl.config import ConfigError, load_config
-from prorl.data import epoch_order, load_prompt_dataset, render_prompts, steps_per_epoch
+from prorl.data import StreamingPrompts, epoch_order, load_prompt_dataset, render_prompts, steps_per_epoch
 
 
 def cfg(**kw):
@@ -120,3 +120,73 @@ def test_chat_messages_column(tmp_path):
     ds = load_prompt_dataset(cfg(dataset=str(path), prompt_column="messages"))
     assert ds[0]["prompt"] == [{"role": "user", "content": "2+2?"}]
     assert render_prompts(ds["prompt"], _ChatTok(), cfg()) == ["user:2+2?|assistant:"]
+
+
+# --- streaming (datasets.IterableDataset) ---------------------------------------------------------
+
+def _jsonl(tmp_path, n=7, name="s.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps({"question": f"q{i}", "solution": str(i)}) + "\n" for i in range(n)) + '{"question": "  ", "solution": "x"}\n')
+    return path
+
+
+def test_streaming_local_file_is_an_iterable_with_renames_and_no_empty_prompts(tmp_path):
+    c = cfg(dataset=str(_jsonl(tmp_path)), streaming=True, max_steps=1, prompt_column="question", rename_columns={"solution": "answer"})
+    ds = load_prompt_dataset(c)
+    assert isinstance(ds, datasets.IterableDataset)
+    rows = list(ds)
+    assert [r["prompt"] for r in rows] == [f"q{i}" for i in range(7)]  # the blank prompt is dropped
+    assert all(r["answer"] == r["prompt"][1:] for r in rows)
+    with pytest.raises(ConfigError, match="has no column 'nope'"):
+        load_prompt_dataset(cfg(dataset=str(_jsonl(tmp_path)), streaming=True, max_steps=1, prompt_column="nope"))
+
+
+def test_streaming_builtin_and_glob_sources_stream_too(tmp_path):
+    ds = load_prompt_dataset(cfg(dataset="builtin:arithmetic", streaming=True, max_steps=1, max_prompts=5))
+    assert isinstance(ds, datasets.IterableDataset) and len(list(ds)) == 5
+    for part in range(2):
+        _jsonl(tmp_path, n=3, name=f"shard-{part}.jsonl")
+    ds = load_prompt_dataset(cfg(dataset="json", data_files=str(tmp_path / "shard-*.jsonl"), streaming=True, max_steps=1,
+                                 prompt_column="question"))
+    assert sorted(r["prompt"] for r in ds) == ["q0", "q0", "q1", "q1", "q2", "q2"]
+
+
+def test_streaming_prompts_epochs_are_reshuffled_passes_and_seek_resumes_exactly(tmp_path):
+    c = cfg(dataset=str(_jsonl(tmp_path)), streaming=True, max_steps=1, prompt_column="question")
+    stream = StreamingPrompts(load_prompt_dataset(c), seed=1, shuffle_buffer=100)
+    drawn = [r["prompt"] for r in stream.take(5) + stream.take(9)]  # crosses into epoch 1
+    assert stream.epoch == 1 and stream.position == 14
+    first, second = drawn[:7], drawn[7:]
+    assert sorted(first) == sorted(second) == [f"q{i}" for i in range(7)]  # each epoch is one pass
+    assert first != second  # reseeded per epoch
+    assert first != [f"q{i}" for i in range(7)]  # shuffled
+    again = StreamingPrompts(load_prompt_dataset(c), seed=1, shuffle_buffer=100)
+    assert [r["prompt"] for r in again.take(14)] == drawn  # seeded: the same order every run
+    resumed = StreamingPrompts(load_prompt_dataset(c), seed=1, shuffle_buffer=100)
+    resumed.seek(10)
+    assert [r["prompt"] for r in resumed.take(4)] == drawn[10:]
+    plain = StreamingPrompts(load_prompt_dataset(c), seed=1, shuffle_buffer=1)
+    assert [r["prompt"] for r in plain.take(8)] == [f"q{i}" for i in range(7)] + ["q0"]  # buffer 1 = file order
+
+
+def test_streaming_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="streaming=True is invalid: a stream's length is unknown.*max_steps"):
+        cfg(streaming=True)
+    with pytest.raises(ConfigError, match="shuffle_buffer=0"):
+        cfg(streaming=True, max_steps=1, shuffle_buffer=0)
+    empty = tmp_path / "blank.jsonl"
+    empty.write_text('{"prompt": " "}\n')
+    stream = StreamingPrompts(load_prompt_dataset(cfg(dataset=str(empty), streaming=True, max_steps=1)), 0, 10, str(empty))
+    with pytest.raises(ConfigError, match="yielded no non-empty prompts"):
+        stream.take(1)
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text('{"prompt": "ok", "x": 1}\n{"prompt": 3, "x": 2}\n')
+    with pytest.raises(ConfigError, match="a prompt is a int, not text"):
+        StreamingPrompts(load_prompt_dataset(cfg(dataset=str(numbers), streaming=True, max_steps=1)), 0, 1).take(2)
+
+
+def test_a_mixed_prompt_column_names_the_bad_type(tmp_path):
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"prompt": "ok"}\n{"prompt": 3}\n')
+    with pytest.raises(ConfigError, match="a prompt is a int, not text"):
+        load_prompt_dataset(cfg(dataset=str(mixed)))

@@ -125,3 +125,21 @@ def test_save_with_two_resume_with_one_and_back(tmp_path):
         assert max_rel_diff(weights(tmp_path / run / "checkpoint-000004"), want) < 1e-4
         state = json.loads((tmp_path / run / "checkpoint-000004" / "trainer_state.json").read_text())
         assert state["num_processes"] == (1 if run == "a" else 2)
+
+
+def test_streaming_draws_the_same_prompts_at_any_process_count_and_resumes_exactly(tmp_path):
+    """streaming=true: the main process reads the stream and broadcasts each batch, so 1 and 2
+    processes see the same prompts; a resume re-reads the stream up to the saved cursor."""
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
+                           for a, b in [(i * 37 % 900 + 100, i * 53 % 900 + 100) for i in range(10)]))
+    stream = dict(dataset=str(src), streaming=True, shuffle_buffer=4, max_steps=4, save_every=2)
+    train(1, tmp_path / "one", **stream)
+    train(2, tmp_path / "two", **dict(stream, max_steps=2))
+    train(2, tmp_path / "two", **dict(stream, resume="latest"))
+    m1, m2 = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["step"] for m in m2] == [1, 2, 3, 4]
+    assert [m["epoch"] for m in m1] == [0.0, 0.0, 1.0, 1.0]  # 10 prompts, 4 per step: step 3 reads into epoch 1
+    for a, b in zip(m1, m2):
+        assert a["reward_mean"] == b["reward_mean"] and a["completion_len_mean"] == b["completion_len_mean"]
+    assert max_rel_diff(weights(tmp_path / "two" / "checkpoint-000004"), weights(tmp_path / "one" / "checkpoint-000004")) < 1e-4

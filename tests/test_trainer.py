@@ -1,6 +1,8 @@
 """End-to-end runs on the embedded tiny model (a few seconds each)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from prorl import Trainer
 from prorl.config import ConfigError
 
-from .conftest import small_run
+from .conftest import REPO, small_run
 
 
 def _params(model):
@@ -148,10 +150,76 @@ def test_lora_trains_adapters_with_base_as_reference(tmp_path, tiny_model):
     # merged export equals the adapted policy
     from prorl.lora import merge_checkpoint
 
-    merge_checkpoint(str(ckpt), tiny_model, str(tmp_path / "merged"))
+    merge_checkpoint(str(ckpt), str(tmp_path / "merged"))  # the base comes from the checkpoint
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     with torch.no_grad():
         assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5)
     # resume continues from the saved adapters
     Trainer(small_run(tmp_path, max_steps=3, lora_r=4, learning_rate=1e-2, resume="latest"), reward_funcs=[count_ones]).train()
     assert (tmp_path / "out" / "checkpoint-000003" / "adapter_model.safetensors").exists()
+
+
+def test_lora_reference_reset_folds_adapters_into_the_base_and_resumes_exactly(tmp_path, tiny_model):
+    """ProRL resets under LoRA: the base (the reference) becomes the policy, the policy is unchanged,
+    and checkpoints carry the changed base so resume and merge see it."""
+    peft = pytest.importorskip("peft", reason="LoRA needs the peft extra: pip install 'prorl[peft]'")
+    from prorl.lora import fold_adapters_into_base
+
+    # the fold itself: policy unchanged, base == policy after a hard reset, halfway after alpha=0.5
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                                peft.LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+
+    def both():
+        with torch.no_grad(), model.disable_adapter():
+            base = model(input_ids=ids).logits
+        with torch.no_grad():
+            return base, model(input_ids=ids).logits
+
+    base0, policy0 = both()
+    assert not torch.allclose(base0, policy0, atol=1e-4)
+    fold_adapters_into_base(model, alpha=0.5)
+    base1, policy1 = both()
+    assert torch.allclose(policy1, policy0, atol=1e-5) and not torch.allclose(base1, base0, atol=1e-4)
+    fold_adapters_into_base(model, alpha=1.0)
+    base2, policy2 = both()
+    assert torch.allclose(policy2, policy0, atol=1e-5) and torch.allclose(base2, policy0, atol=1e-5)
+
+    def count_ones(prompts, completions, **kw):  # varies within nearly every group: every step updates
+        return [float(sum(map(ord, c)) % 7) for c in completions]
+
+    run = dict(lora_r=4, learning_rate=1e-2, kl_beta=0.05, ref_reset_every=2, save_every=2)
+    Trainer(small_run(tmp_path / "a", max_steps=4, **run), reward_funcs=[count_ones]).train()
+    m = [json.loads(l) for l in (tmp_path / "a" / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["kl"] > 1e-6 for x in m] == [False, True, False, True]  # KL restarts from 0 after each reset
+    assert m[1]["ref_reset"] and m[3]["ref_reset"]
+    ckpt = tmp_path / "a" / "out" / "checkpoint-000004"
+    assert (ckpt / "lora_base.safetensors").exists()
+    # stop at 2, resume to 4: bit-identical adapters and base layers
+    Trainer(small_run(tmp_path / "b", max_steps=2, **run), reward_funcs=[count_ones]).train()
+    Trainer(small_run(tmp_path / "b", max_steps=4, resume="latest", **run), reward_funcs=[count_ones]).train()
+    resumed = tmp_path / "b" / "out" / "checkpoint-000004"
+    for f in ("adapter_model.safetensors", "lora_base.safetensors"):
+        a, b = load_file(str(ckpt / f)), load_file(str(resumed / f))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    # `prorl merge` applies the reset base, then the adapters: it reproduces the trained policy
+    r = subprocess.run([sys.executable, "-m", "prorl", "merge", str(ckpt), "--out", str(tmp_path / "merged")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from prorl.lora import load_base_weights
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model)
+    load_base_weights(plain, ckpt)
+    trained = peft.PeftModel.from_pretrained(plain, str(ckpt))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, trained(input_ids=ids).logits, atol=1e-5)
+        without_base = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(ckpt))
+        assert not torch.allclose(merged(input_ids=ids).logits, without_base(input_ids=ids).logits, atol=1e-4)
+    r = subprocess.run([sys.executable, "-m", "prorl", "merge", str(tmp_path / "a" / "out"), "--out", str(tmp_path / "m2")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "is not a LoRA checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
