@@ -126,6 +126,8 @@ class Config:
 
     # --- precision and reproducibility ---
     dtype: str = opt("float32", "Parameter dtype for training (float32 is the default and the tested path).", choices=DTYPES)
+    mixed_precision: str = opt("no", "bf16 = run forwards (sampling, reference, update) under bf16 autocast while weights and Adam stay float32; for GPUs. no = full float32.", choices=("no", "bf16"))
+    activation_checkpointing: bool = opt(False, "Recompute each layer's activations in the backward pass instead of storing them: less memory in the update, ~1/3 more compute.")
     seed: int = opt(42, "Seed for data order, sampling and initialisation.")
     deterministic: bool = opt(False, "Use deterministic torch kernels (slower on GPU; bit-exact reruns).")
 
@@ -211,6 +213,8 @@ class Config:
         need(self.n_logged_samples >= 1, "n_logged_samples", "must be >= 1")
         need(self.reward_timeout > 0, "reward_timeout", "must be > 0 seconds")
         need(self.max_prompts is None or self.max_prompts >= 1, "max_prompts", "must be >= 1 (or unset)")
+        need(self.mixed_precision == "no" or self.dtype == "float32", "mixed_precision",
+             "autocast needs float32 weights (dtype=float32); pick one of mixed_precision=bf16 or a low-precision dtype")
         need(not self.streaming or self.max_steps is not None, "streaming",
              "a stream's length is unknown, so streaming=true needs max_steps (set max_steps, or streaming=false to use n_epochs)")
         need(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1 row (1 = no shuffling)")

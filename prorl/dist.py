@@ -20,11 +20,19 @@ def _has_accelerator() -> bool:
     return bool(acc.is_available()) if acc is not None else torch.cuda.is_available()
 
 
-def make_accelerator(log_with=None, project_dir: str | None = None) -> Accelerator:
-    # Precision is ours (Config.dtype), not accelerate's autocast: fp32 stays bit-exact by default.
+def make_accelerator(log_with=None, project_dir: str | None = None, mixed_precision: str = "no") -> Accelerator:
+    # Precision is the config's (dtype, mixed_precision), never the launcher's: an `accelerate config`
+    # default of fp16 must not silently change a run, and fp32 stays bit-exact by default.
     # cpu=True on a machine without an accelerator makes `accelerate launch`/`torchrun` with several
     # processes a real gloo process group (accelerate would otherwise leave each process alone).
-    return Accelerator(mixed_precision="no", log_with=log_with, project_dir=project_dir, cpu=not _has_accelerator())
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", mixed_precision)) != mixed_precision:
+        # a second Trainer in one process (a notebook) with another precision: accelerate keeps one
+        # global state and refuses the change; reset that state (the process group is kept)
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision, log_with=log_with, project_dir=project_dir, cpu=not _has_accelerator())
 
 
 def local_slice(n_global: int, acc: Accelerator, what: str = "batch_size") -> slice:

@@ -564,11 +564,8 @@ def _can_share_prompts(model) -> bool:
         return False
     if getattr(target, "_prorl_no_prompt_sharing", False):
         return False
-    if target.training and torch.is_grad_enabled():
-        checkpointing = getattr(target, "is_activation_checkpointing", None)  # transformers >= 5.x name
-        if checkpointing is None:
-            checkpointing = getattr(target, "is_gradient_checkpointing", False)
-        if checkpointing:
+    if torch.is_grad_enabled():  # checkpointed layers drop the KV cache that sharing runs on
+        if any(getattr(m, "gradient_checkpointing", False) is True for m in target.modules()):
             return False
     return not any(type(p).__name__ == "DTensor" for p in target.parameters())
 

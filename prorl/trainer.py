@@ -61,6 +61,26 @@ def load_model_and_tokenizer(cfg: Config, path: str | None = None):
     return model, tokenizer
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute every decoder layer in the backward pass (transformers' own checkpointing)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(target, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"activation_checkpointing=true: {type(target).__name__} does not support it; set activation_checkpointing=false")
+    kwargs = {"use_reentrant": False}  # the non-reentrant form needs no input that requires grad (LoRA)
+    if hasattr(target, "activation_checkpointing_enable"):
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers < 5
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # transformers checkpoints a layer only while it is in training mode, but the policy stays in eval
+    # mode (dropout off, so sampling and training see one policy): mark just the layer objects as
+    # training; their submodules (attention, MLP, any dropout) stay in eval mode.
+    for module in target.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module.training = True
+
+
 def _check_model_source(model_path: str) -> None:
     """One line for the usual mistakes (no such folder, not a model folder, not a causal LM) before
     transformers' multi-line errors about repo ids and tokenizer backends."""
@@ -224,7 +244,7 @@ class Trainer:
         dist.shard_slice(cfg.batch_size, 0, _launched_world_size())
         checkpoint.ensure_output_dir(cfg.output_dir, fresh=not cfg.resume)
         trackers = None if cfg.report_to == "none" else cfg.report_to
-        self.acc = accelerator or dist.make_accelerator(log_with=trackers, project_dir=cfg.output_dir)
+        self.acc = accelerator or dist.make_accelerator(log_with=trackers, project_dir=cfg.output_dir, mixed_precision=cfg.mixed_precision)
         _quiet_libraries()
         set_seed(cfg.seed, cfg.deterministic)
         self.out_dir = Path(cfg.output_dir)
@@ -253,6 +273,9 @@ class Trainer:
             self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
             if resume_path is not None:
                 checkpoint.load_reference(self.reference, resume_path)
+
+        if cfg.activation_checkpointing:
+            enable_activation_checkpointing(self.model)
 
         self.dataset = load_prompt_dataset(cfg)
         self.eval_set = load_prompt_dataset(cfg.eval_config()) if cfg.eval_every else None
@@ -419,7 +442,7 @@ class Trainer:
         keys = sample_keys(cfg.seed, 0, group, torch.arange(n, device=self.device).repeat(len(prompts)))
         chunk = cfg.rollout_batch_size or max(len(prompts), 1)
         parts = []
-        with dist.unwrapped_for_generation(acc, self.model) as policy, _explain_oom(
+        with dist.unwrapped_for_generation(acc, self.model) as policy, acc.autocast(), _explain_oom(
             f"generating {len(prompts)} prompts x {n} samples x up to {cfg.max_length} tokens on one process: "
             f"lower rollout_batch_size (now {cfg.rollout_batch_size or 'all'} prompts per call; results unchanged), then max_length"
         ):
@@ -457,10 +480,11 @@ class Trainer:
     @torch.no_grad()
     def _reference_logprobs(self, *inputs, **kw) -> torch.Tensor:
         if self.reference is not None:
-            return completion_logprobs(self.reference, *inputs, **kw)
+            with self.acc.autocast():
+                return completion_logprobs(self.reference, *inputs, **kw)
         from .lora import adapters_disabled
 
-        with adapters_disabled(self.acc.unwrap_model(self.model)) as base:
+        with adapters_disabled(self.acc.unwrap_model(self.model)) as base, self.acc.autocast():
             return completion_logprobs(base, *inputs, **kw)
 
     @torch.no_grad()
@@ -585,10 +609,20 @@ class Trainer:
             log.warning("%d prompt(s) longer than max_prompt_length=%d tokens were truncated from the left", too_long, self.cfg.max_prompt_length)
         return ids.to(self.device), mask.to(self.device)
 
-    def _micro_batches(self, kept: torch.Tensor) -> list[torch.Tensor]:
+    def _micro_batches(self, kept: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
         """Row indices per micro-batch; every process runs the same number of passes (FSDP/DDP need it).
-        A process with fewer kept rows runs zero-weight passes (index tensor empty)."""
-        mb = self.cfg.micro_batch_size
+        A process with fewer kept rows runs zero-weight passes (index tensor empty).
+
+        Groups are ordered by their longest completion, so a micro-batch holds completions of similar
+        length and `_update` trims less padding away in vain; a group's rows stay adjacent (prompt
+        sharing). The loss is a sum over rows with global normalisers, so the order is free."""
+        mb, n = self.cfg.micro_batch_size, self.cfg.n_samples
+        if kept.numel() > mb:
+            group = kept // n  # a round's rollout is prompt-major: rows g*n .. g*n+n-1 are one group
+            longest = torch.zeros(int(group.max()) + 1, dtype=lengths.dtype, device=lengths.device)
+            longest.scatter_reduce_(0, group, lengths[kept], reduce="amax")
+            order = torch.argsort(longest[group] * (int(group.max()) + 1) + group, descending=True, stable=True)
+            kept = kept[order]
         local = [kept[i : i + mb] for i in range(0, kept.numel(), mb)]
         count = int(dist.global_max(self.acc, torch.tensor(len(local), device=self.device)))
         return local + [kept[:0]] * (count - len(local))
@@ -604,14 +638,18 @@ class Trainer:
             return idx if idx.numel() else torch.zeros(1, dtype=torch.long, device=self.device)
 
         def inputs(idx):
+            # columns that are padding in every row of the micro-batch are cut: less compute, same math
             r = rows(idx)
-            return ro.prompt_ids[r], ro.prompt_mask[r], ro.completion_ids[r], ro.completion_mask[r]
+            pm, cm = ro.prompt_mask[r], ro.completion_mask[r]
+            p0 = int(pm.any(0).long().argmax()) if bool(pm.any()) else 0
+            lc = max(int(cm.sum(1).max()), 1)
+            return ro.prompt_ids[r, p0:], pm[:, p0:], ro.completion_ids[r, :lc], cm[:, :lc]
 
         plan = []  # (micro-batches, global tokens, global sequences) per mini-batch
         for chunk in torch.tensor_split(kept, cfg.mini_batches):
             counts = torch.tensor([float(ro.completion_mask[chunk].sum()), float(chunk.numel())], device=self.device)
             tokens, seqs = dist.global_sum(acc, counts).tolist()
-            plan.append((self._micro_batches(chunk), tokens, seqs))
+            plan.append((self._micro_batches(chunk, ro.completion_mask.sum(1)), tokens, seqs))
 
         # log-probs of the frozen reference, and of the sampling policy when the update goes off-policy
         off_policy = cfg.updates_per_batch * cfg.mini_batches > 1
@@ -623,7 +661,8 @@ class Trainer:
                     if kl_in_loss:
                         ref_logp[c, j] = self._reference_logprobs(*inputs(idx), **fwd)
                     if off_policy:
-                        old_logp[c, j] = completion_logprobs(self.model, *inputs(idx), **fwd)
+                        with acc.autocast():
+                            old_logp[c, j] = completion_logprobs(self.model, *inputs(idx), **fwd)
 
         scale = dist.grad_average_correction(acc)
         sums = torch.zeros(5, device=self.device)  # loss, kl, clipped, entropy (token sums), tokens
@@ -640,7 +679,8 @@ class Trainer:
                     mask = args[3].float() * (1.0 if idx.numel() else 0.0)
                     last = j == len(micro) - 1
                     with contextlib.nullcontext() if last else acc.no_sync(self.model):
-                        logp, entropy = completion_logprobs(self.model, *args, with_entropy=True, **fwd)
+                        with acc.autocast():
+                            logp, entropy = completion_logprobs(self.model, *args, with_entropy=True, **fwd)
                         logp_old = old_logp[c, j] if off_policy else logp.detach()
                         per_token, clipped = algos.policy_loss(
                             cfg.policy_loss, logp, logp_old, advantages[rows(idx)], mask, **cfg.loss_kwargs()

@@ -1,6 +1,7 @@
 """End-to-end runs on the embedded tiny model (a few seconds each)."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -223,3 +224,54 @@ def test_lora_reference_reset_folds_adapters_into_the_base_and_resumes_exactly(t
     r = subprocess.run([sys.executable, "-m", "prorl", "merge", str(tmp_path / "a" / "out"), "--out", str(tmp_path / "m2")],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "is not a LoRA checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _one_step(tmp_path, hook_dtypes=None, **over):
+    tr = Trainer(small_run(tmp_path, max_steps=1, kl_beta=0.05, **over), reward_funcs=[_varied])
+    saved = [0]
+
+    def pack(t):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    if hook_dtypes is not None:  # output dtypes of the first linear layer of the policy and of the reference
+        for name, model in (("policy", tr.model), ("reference", tr.reference)):
+            layer = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+            layer.register_forward_hook(lambda mod, inp, out, name=name: hook_dtypes.setdefault(name, set()).add(out.dtype))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m = tr.train_step()
+    return tr, m, saved[0]
+
+
+def _varied(prompts, completions, **kw):
+    return [float(sum(map(ord, c)) % 7) for c in completions]
+
+
+def test_activation_checkpointing_stores_less_and_gives_the_same_update(tmp_path):
+    plain, m_plain, saved_plain = _one_step(tmp_path / "plain")
+    ckpt, m_ckpt, saved_ckpt = _one_step(tmp_path / "ckpt", activation_checkpointing=True)
+    assert ckpt.model.is_activation_checkpointing and not ckpt.model.training  # dropout stays off
+    # activations kept for the backward: only the checkpoints' inputs, not every layer's intermediates
+    assert saved_ckpt < 0.5 * saved_plain, (saved_ckpt, saved_plain)
+    assert m_ckpt["reward_mean"] == m_plain["reward_mean"] and m_ckpt["loss"] == pytest.approx(m_plain["loss"], rel=1e-5, abs=1e-7)
+    assert m_ckpt["grad_norm"] == pytest.approx(m_plain["grad_norm"], rel=1e-5)  # the same gradient
+    # Adam's first step is ~lr * sign(g): round-off (prompt sharing is off under checkpointing) may
+    # flip the sign of a near-zero gradient, moving that weight by up to 2 * lr, never more
+    a, b = _params(ckpt.model), _params(plain.model)
+    lr = ckpt.cfg.learning_rate
+    assert all(float((a[k] - b[k]).abs().max()) <= 2.01 * lr for k in a)
+    start = _params(Trainer(small_run(tmp_path / "fresh", max_steps=1)).model)
+    assert any(not torch.equal(v, start[k]) for k, v in a.items())  # the step did change the weights
+
+
+def test_bf16_autocast_runs_every_forward_in_bf16_and_keeps_float32_weights(tmp_path):
+    dtypes32, dtypes16 = {}, {}
+    _, m32, _ = _one_step(tmp_path / "fp32", hook_dtypes=dtypes32)
+    bf16, m16, _ = _one_step(tmp_path / "bf16", hook_dtypes=dtypes16, mixed_precision="bf16")
+    assert dtypes32 == {"policy": {torch.float32}, "reference": {torch.float32}}
+    assert dtypes16 == {"policy": {torch.bfloat16}, "reference": {torch.bfloat16}}  # sampling, update and reference
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    assert all(s["exp_avg"].dtype == torch.float32 for s in bf16.optimizer.state.values())
+    assert math.isfinite(m16["loss"]) and math.isfinite(m16["kl"]) and m16["grad_norm"] > 0
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        small_run(tmp_path, mixed_precision="bf16", dtype="bfloat16")
