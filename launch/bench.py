@@ -234,6 +234,7 @@ def worker_prorl(args, folder: Path, plain: bool = False) -> None:
         clock.start()
         m = trainer.train_step()
         clock.stop(round(m["completion_len_mean"] * args.n_prompts * args.n_samples), gen=m["gen_time"])
+    _wait_go()  # tear down only once every system has finished its steps (see run_round)
     _send({"final": True, "rss_ready_mb": rss_ready, "peak_rss_mb": _peak_rss_mb()})
 
 
@@ -270,6 +271,8 @@ def worker_trl(args, folder: Path) -> None:
             clock.stop(step_tokens[-1] if step_tokens else 0)
             if state.global_step < total:
                 clock.start()
+            else:
+                _wait_go()  # TRL's end-of-training work must not overlap another system's timed step
 
     config = GRPOConfig(
         output_dir=str(folder / "trl_out"), max_steps=total, per_device_train_batch_size=MICRO_BATCH,
@@ -386,7 +389,9 @@ def run_round(systems: list[str], pythons: dict, folder: Path, args) -> dict:
             k = i % len(systems)
             for s in systems[k:] + systems[:k]:  # rotate who goes first
                 steps[s].append(workers[s].go())
-        finals = {s: workers[s].read() for s in systems}
+        # only now may the workers wind down (TRL's end of train(), interpreter exit): had they done it
+        # straight after their last step, it would have overlapped the next system's last timed step
+        finals = {s: workers[s].go() for s in systems}
     finally:
         for w in workers.values():
             w.close()

@@ -107,6 +107,7 @@ def _eval(argv: list[str]) -> int:
     args["model_name_or_path"] = args.pop("model")
     args.setdefault("dataset_split", "test")
     args.setdefault("progress_bar", False)
+    args.setdefault("max_steps", 1)  # training's length does not apply to eval (streaming=true asks for one)
     cfg = load_config(config_file, args)
     if any(k > n for k in ks) or any(k < 1 for k in ks):
         raise ConfigError(f"--k {ks}: each k must be between 1 and n={n}")

@@ -42,3 +42,13 @@ def test_plot_writes_pngs(tmp_path):
     names = {p.name for p in written}
     assert {"reward.png", "kl.png", "entropy.png", "heldout_pass_at_k.png"} <= names
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in written)
+
+
+def test_eval_cli_reads_a_streamed_dataset(tmp_path, tiny_model):
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "answer": str(2 * a)}) + "\n" for a in range(100, 130)))
+    out = tmp_path / "e.json"
+    r = run("eval", "--model", tiny_model, "--dataset", str(src), "--dataset_split", "train", "--streaming", "true",
+            "--max_prompts", "8", "--n", "2", "--max_length", "6", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(out.read_text())["n_prompts"] == 8
