@@ -39,6 +39,21 @@ def test_normal_program_gets_stdin_and_passes():
     assert (r.passed, r.returncode, r.stdout, r.timed_out, r.reason) == (True, 0, "HELLO\n", False, "ok")
 
 
+def test_standard_modules_import_under_the_guard_however_the_interpreter_started():
+    """`random` (and threading, concurrent.futures, ...) register at-fork hooks when first imported.
+    Whether an interpreter already imported them before the guard depends on its site-packages (a
+    fresh venv does not), so the program re-imports them here, after the guard."""
+    code = (
+        "import sys\n"
+        "for m in ('random', 'concurrent.futures', 'concurrent.futures.process', 'logging'):\n"
+        "    sys.modules.pop(m, None)\n"
+        "import random, logging, concurrent.futures.process\n"
+        "print(random.Random(1).randint(0, 9))"
+    )
+    r = run_python(code)
+    assert r.passed, r.stderr
+
+
 def test_large_stdin_and_stdout_do_not_deadlock():
     data = "x" * 300_000  # larger than a pipe buffer in both directions
     r = run_python("import sys\nsys.stdout.write(sys.stdin.read())", stdin=data)

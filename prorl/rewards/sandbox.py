@@ -80,7 +80,7 @@ if _cfg["guard"]:
         "setreuid setregid setresuid setresgid execv execve execl execle execlp execlpe execvp "
         "execvpe spawnv spawnve spawnvp spawnvpe spawnl spawnle spawnlp spawnlpe posix_spawn "
         "posix_spawnp remove unlink rmdir removedirs rename renames replace truncate chmod fchmod "
-        "lchmod chown fchown lchown link symlink chdir fchdir chroot pidfd_open register_at_fork"
+        "lchmod chown fchown lchown link symlink chdir fchdir chroot pidfd_open"
     )
     for _mod, _names in (
         (os, _os_names),
