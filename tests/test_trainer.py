@@ -275,3 +275,11 @@ def test_bf16_autocast_runs_every_forward_in_bf16_and_keeps_float32_weights(tmp_
     assert math.isfinite(m16["loss"]) and math.isfinite(m16["kl"]) and m16["grad_norm"] > 0
     with pytest.raises(ConfigError, match="mixed_precision"):
         small_run(tmp_path, mixed_precision="bf16", dtype="bfloat16")
+
+
+def test_activation_checkpointing_with_lora_trains_the_adapters(tmp_path):
+    pytest.importorskip("peft", reason="LoRA needs the peft extra: pip install 'prorl[peft]'")
+    plain, m_plain, saved_plain = _one_step(tmp_path / "plain", lora_r=4, learning_rate=1e-2)
+    ckpt, m_ckpt, saved_ckpt = _one_step(tmp_path / "ckpt", lora_r=4, learning_rate=1e-2, activation_checkpointing=True)
+    assert saved_ckpt < 0.5 * saved_plain, (saved_ckpt, saved_plain)
+    assert m_ckpt["grad_norm"] > 0 and m_ckpt["grad_norm"] == pytest.approx(m_plain["grad_norm"], rel=1e-4)
