@@ -188,15 +188,8 @@ def generate(
         )
 
 
-def _generate_plain(
-    model, prompt_ids, prompt_mask, *, n_samples, keys, max_new_tokens, eos_token_ids, pad_token_id,
-    temperature=1.0, top_p=1.0, top_k=0, logits_hook=None,
-) -> Rollout:
-    """The reference sampling loop: every row is run to the end, the cache grows by concatenation."""
-    device = prompt_ids.device
-    cache_kw = _cache_kwarg(model)
-    P, Lp = prompt_ids.shape
-    B = P * n_samples
+def _prefill(model, prompt_ids, prompt_mask):
+    """One forward over the [P, Lp] prompts: (last-position logits [P, V], their KV cache, positions [P, Lp])."""
     position = prompt_mask.long().cumsum(-1) - 1
     out = model(
         input_ids=prompt_ids,
@@ -204,11 +197,24 @@ def _generate_plain(
         position_ids=position.clamp(min=0),
         use_cache=True,
         logits_to_keep=1,
-        **{cache_kw: DynamicCache()},
+        **{_cache_kwarg(model): DynamicCache()},
     )
-    cache = _returned_cache(out)
+    return out.logits[:, -1, :], _returned_cache(out), position
+
+
+def _generate_plain(
+    model, prompt_ids, prompt_mask, *, n_samples, keys, max_new_tokens, eos_token_ids, pad_token_id,
+    temperature=1.0, top_p=1.0, top_k=0, logits_hook=None, prefilled=None,
+) -> Rollout:
+    """The reference sampling loop: every row is run to the end, the cache grows by concatenation.
+    `prefilled`: `_prefill`'s result when the caller already ran it."""
+    device = prompt_ids.device
+    cache_kw = _cache_kwarg(model)
+    P, Lp = prompt_ids.shape
+    B = P * n_samples
+    last_logits, cache, position = prefilled or _prefill(model, prompt_ids, prompt_mask)
     cache.batch_repeat_interleave(n_samples)  # the prompt's KV is computed once, shared by its group
-    logits = out.logits[:, -1, :].repeat_interleave(n_samples, dim=0)
+    logits = last_logits.repeat_interleave(n_samples, dim=0)
     attn = prompt_mask.repeat_interleave(n_samples, dim=0)
     next_pos = position[:, -1:].repeat_interleave(n_samples, dim=0) + 1
 
@@ -368,25 +374,15 @@ def _generate_fast(
     cache_kw = _cache_kwarg(model)
     P, Lp = prompt_ids.shape
     B = P * n_samples
-    position = prompt_mask.long().cumsum(-1) - 1
-    out = model(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=position.clamp(min=0),
-        use_cache=True,
-        logits_to_keep=1,
-        **{cache_kw: DynamicCache()},
-    )
-    cache = _returned_cache(out)
-    if not _buffer_cache(cache, Lp + max_new_tokens, n_samples):
-        del out, cache
+    last_logits, cache, position = _prefill(model, prompt_ids, prompt_mask)
+    if not _buffer_cache(cache, Lp + max_new_tokens, n_samples):  # a cache layer we do not know: plain loop
         return _generate_plain(
             model, prompt_ids, prompt_mask, n_samples=n_samples, keys=keys, max_new_tokens=max_new_tokens,
             eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, temperature=temperature, top_p=top_p,
-            top_k=top_k, logits_hook=logits_hook,
+            top_k=top_k, logits_hook=logits_hook, prefilled=(last_logits, cache, position),
         )
-    logits = out.logits[:, -1, :].repeat_interleave(n_samples, dim=0)
-    del out
+    logits = last_logits.repeat_interleave(n_samples, dim=0)
+    del last_logits
     # the attention mask of every position the loop can reach, sliced (a view) per token
     attn = torch.ones((B, Lp + max_new_tokens), dtype=prompt_mask.dtype, device=device)
     attn[:, :Lp] = prompt_mask.repeat_interleave(n_samples, dim=0)
