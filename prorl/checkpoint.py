@@ -236,9 +236,22 @@ def load_reference(reference, path: Path) -> None:
     """Load reference weights into `reference` in place (its architecture must match)."""
     file = Path(path) / "reference.safetensors"
     if file.exists():
-        missing, unexpected = load_model(reference, str(file), strict=False)
-        if unexpected:
-            raise ConfigError(f"resume: {file} does not match the model ({len(unexpected)} unexpected tensors); was it saved from a different model?")
+        load_weights(reference, file)
+
+
+def load_weights(model, file: Path) -> None:
+    """Copy a safetensors file's tensors into the same-named weights of `model`, in place. The file may
+    hold a subset of the model (a LoRA run's reset base layers), never a name or shape it lacks."""
+    try:
+        _, unexpected = load_model(model, str(file), strict=False)
+    except RuntimeError as e:  # load_state_dict's "size mismatch for ..."
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
+        raise ConfigError(f"{file} does not match the model ({detail}); was it saved from a different model?") from None
+    if unexpected:
+        raise ConfigError(
+            f"{file} does not match the model ({len(unexpected)} unexpected tensors, e.g. {unexpected[0]!r}); "
+            "was it saved from a different model?"
+        )
 
 
 def load_optimizer_state(path: Path) -> dict | None:

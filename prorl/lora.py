@@ -81,19 +81,11 @@ def base_weights(model) -> dict[str, torch.Tensor]:
 
 def load_base_weights(model, checkpoint) -> None:
     """Load a checkpoint's folded base layers (if it has any) into a plain (not yet wrapped) model."""
-    from safetensors.torch import load_file
+    from .checkpoint import load_weights
 
     file = Path(checkpoint) / BASE_FILE
-    if not file.exists():
-        return
-    tensors = load_file(str(file))
-    params = dict(model.named_parameters())
-    unknown = [k for k in tensors if k not in params or params[k].shape != tensors[k].shape]
-    if unknown:
-        raise ConfigError(f"{file} does not match the base model ({len(unknown)} tensors, e.g. {unknown[0]!r}); was it saved from a different model?")
-    with torch.no_grad():
-        for k, v in tensors.items():
-            params[k].copy_(v)
+    if file.exists():
+        load_weights(model, file)
 
 
 def merge_checkpoint(checkpoint: str, out: str, base: str | None = None) -> Path:
