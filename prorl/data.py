@@ -1,7 +1,8 @@
 """Prompt datasets: load through `datasets`, render prompts, and order them per epoch.
 
 Every process loads the same dataset and derives the same seeded order; which slice of each global
-batch a process takes is decided in ``prorl.dist.local_slice`` so that sharding lives in one place.
+batch a process takes is decided in ``prorl.dist.local_slice`` so that sharding lives in one place
+(a stream is read by the main process alone; see `StreamingPrompts`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import torch
 from .config import Config, ConfigError
 
 log = logging.getLogger(__name__)
+
+# Arrow-typed prompt columns: text (other Value types are refused up front) or lists of messages.
+# Only an untyped column (datasets' Json feature, for mixed JSON values) needs its values checked.
+_TYPED_FEATURES = tuple(getattr(datasets, name) for name in ("Value", "Sequence", "List", "LargeList") if hasattr(datasets, name))
 
 _LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -57,9 +62,8 @@ def load_prompt_dataset(cfg: Config) -> datasets.Dataset | datasets.IterableData
         )
     if len(ds) < total:
         log.warning("dataset=%r: skipped %d empty prompt(s) of %d", source, total - len(ds), total)
-    feature = ds.features.get("prompt")
-    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
-        bad = next((p for p in ds["prompt"] if not isinstance(p, (str, list))), None)  # a mixed column (JSON)
+    if not isinstance(ds.features.get("prompt"), _TYPED_FEATURES):  # an untyped (mixed JSON) column: look
+        bad = next((p for p in ds["prompt"] if not isinstance(p, (str, list))), None)
         if bad is not None:
             raise ConfigError(f"dataset={source!r}: a prompt is a {type(bad).__name__}, not text; point prompt_column at the prompt text")
     if cfg.max_prompts is not None and len(ds) > cfg.max_prompts:
