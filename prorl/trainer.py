@@ -289,7 +289,7 @@ class Trainer:
             if self.steps_per_epoch == 0:
                 raise ConfigError(f"the dataset has {len(self.dataset)} prompts, fewer than batch_size={cfg.batch_size}; lower batch_size")
             self.total_steps = cfg.max_steps or cfg.n_epochs * self.steps_per_epoch
-        self.local = dist.local_slice(cfg.batch_size, self.acc)
+        dist.local_slice(cfg.batch_size, self.acc)  # batch_size must divide by this job's process count
 
         specs = list(reward_funcs) if reward_funcs is not None else cfg.reward_funcs
         self.rewards = build_rewards(
@@ -433,7 +433,7 @@ class Trainer:
         cfg, acc, n = self.cfg, self.acc, self.cfg.n_samples
         positions = list(range(self.cursor, self.cursor + take))
         self.cursor += take
-        share = dist.shard_slice(take, acc.process_index, acc.num_processes)
+        share = dist.local_slice(take, acc)
         positions = positions[share]
         batch = self._draw_prompts(positions[0] if positions else 0, take, share)
         prompts = render_prompts(batch["prompt"], self.tokenizer, cfg)
@@ -646,10 +646,11 @@ class Trainer:
             return ro.prompt_ids[r, p0:], pm[:, p0:], ro.completion_ids[r, :lc], cm[:, :lc]
 
         plan = []  # (micro-batches, global tokens, global sequences) per mini-batch
+        lengths = ro.completion_mask.sum(1)
         for chunk in torch.tensor_split(kept, cfg.mini_batches):
-            counts = torch.tensor([float(ro.completion_mask[chunk].sum()), float(chunk.numel())], device=self.device)
+            counts = torch.tensor([float(lengths[chunk].sum()), float(chunk.numel())], device=self.device)
             tokens, seqs = dist.global_sum(acc, counts).tolist()
-            plan.append((self._micro_batches(chunk, ro.completion_mask.sum(1)), tokens, seqs))
+            plan.append((self._micro_batches(chunk, lengths), tokens, seqs))
 
         # log-probs of the frozen reference, and of the sampling policy when the update goes off-policy
         off_policy = cfg.updates_per_batch * cfg.mini_batches > 1
