@@ -44,6 +44,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 TRUNCATIONS = ("none", "zero_reward", "mask")
 TRACKERS = ("none", "tensorboard", "wandb", "trackio", "all")
 REF_UPDATES = ("reset", "ema")
+ROLLOUT_ENGINES = ("hf", "vllm")
 
 
 @dataclass
@@ -87,6 +88,9 @@ class Config:
     temperature: float = opt(1.0, "Sampling temperature (also used for the training log-probs).")
     top_p: float = opt(1.0, "Nucleus sampling: keep the smallest token set with this probability mass.")
     top_k: int = opt(0, "Keep only the k most likely tokens when sampling (0 = off).")
+    rollout_engine: str = opt("hf", "Sampler: hf (the built-in loop: NaN-safe, batch-layout-invariant, any device) or vllm (a vLLM engine colocated on each process's GPU, weights synced after every update; install vLLM yourself).", choices=ROLLOUT_ENGINES)
+    vllm_gpu_memory_utilization: float = opt(0.3, "With rollout_engine=vllm: fraction of the GPU's memory vLLM may take (weights + KV cache); the rest is left to training.")
+    vllm_kwargs: dict[str, Any] = opt({}, "With rollout_engine=vllm: extra keyword arguments for vllm.LLM (e.g. {enforce_eager: true, max_num_seqs: 256}); they override prorl's.")
 
     # --- objective ---
     advantage: str = opt("grpo", "Advantage estimator.", choices=ADVANTAGES)
@@ -217,6 +221,8 @@ class Config:
              "autocast needs float32 weights (dtype=float32); pick one of mixed_precision=bf16 or a low-precision dtype")
         need(not self.streaming or self.max_steps is not None, "streaming",
              "a stream's length is unknown, so streaming=true needs max_steps (set max_steps, or streaming=false to use n_epochs)")
+        need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization", "must be in (0, 1]")
+        need(self.rollout_engine == "vllm" or not self.vllm_kwargs, "vllm_kwargs", "only applies to rollout_engine=vllm")
         need(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1 row (1 = no shuffling)")
         need(len(self.reward_funcs) >= 1, "reward_funcs", "name at least one reward function")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):

@@ -49,11 +49,13 @@ def evaluate(
     threshold: float = 1.0,
     tokenize=None,
     eos_token_ids: list[int],
+    sampler=generate,
 ) -> dict:
     """Sample n completions for each prompt (sharded over processes) and score them.
 
     prompts: the full evaluation set (already rendered); columns: its reward columns.
     Returns {"pass@k": ..., "reward_mean", "completion_len_mean", "n_prompts", "n_samples"}.
+    `sampler`: `rollout.generate` or an engine's method with its signature (e.g. the vLLM engine's).
     """
     bad = [k for k in ks if k > n]
     if bad:
@@ -65,7 +67,7 @@ def evaluate(
         ids, mask = tokenize([prompts[i] for i in idx])
         pidx = torch.tensor(idx, device=ids.device).repeat_interleave(n)
         sidx = torch.arange(n, device=ids.device).repeat(len(idx))
-        ro = generate(
+        ro = sampler(
             model, ids, mask, n_samples=n, keys=sample_keys(seed, EVAL_STEP_KEY, pidx, sidx), max_new_tokens=max_length,
             eos_token_ids=eos_token_ids, pad_token_id=tokenizer.pad_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
         )
@@ -114,7 +116,15 @@ def run_eval(cfg, *, ks: list[int], n: int) -> dict:
     acc = dist.make_accelerator()
     _quiet_libraries()
     model, tokenizer = load_model_and_tokenizer(cfg)
-    model.to(acc.device)
+    sampler = generate
+    if cfg.rollout_engine == "vllm":  # the engine loads the same weights itself; the HF model stays on the CPU
+        from .vllm_rollout import VLLMEngine
+
+        engine = VLLMEngine(cfg, acc, cfg.resolved_model_path())
+        engine.synced_version = "loaded"
+        sampler = engine.generate
+    else:
+        model.to(acc.device)
     ds = load_prompt_dataset(cfg)
     if not isinstance(ds, datasets.Dataset):  # streaming=true: scored whole, so read it (max_prompts caps it)
         ds = datasets.Dataset.from_list(list(ds))
@@ -130,7 +140,7 @@ def run_eval(cfg, *, ks: list[int], n: int) -> dict:
     result = evaluate(
         model, tokenizer, prompts, columns, rewards, acc=acc, n=n, ks=ks, max_length=cfg.max_length,
         temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed, threshold=cfg.eval_threshold,
-        tokenize=tokenize, eos_token_ids=eos_ids(model, tokenizer),
+        tokenize=tokenize, eos_token_ids=eos_ids(model, tokenizer), sampler=sampler,
     )
     result["model"] = cfg.model_name_or_path
     acc.end_training()

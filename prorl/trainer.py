@@ -322,6 +322,12 @@ class Trainer:
         if self.reference is not None:
             self.reference = dist.prepare_reference(self.acc, self.reference)
         self.device = self.acc.device
+        self.weights_version = 0  # bumped by every optimizer step; the vLLM engine syncs when it lags
+        self.engine = None
+        if cfg.rollout_engine == "vllm":
+            from .vllm_rollout import VLLMEngine
+
+            self.engine = VLLMEngine(cfg, self.acc, cfg.resolved_model_path())
 
     # ------------------------------------------------------------------
     def train(self) -> dict:
@@ -392,9 +398,9 @@ class Trainer:
         cfg = self.cfg
         prompts = render_prompts(self.eval_set["prompt"], self.tokenizer, cfg)
         columns = {c: self.eval_set[c] for c in self.eval_set.column_names if c != "prompt"}
-        with dist.unwrapped_for_generation(self.acc, self.model) as policy:
+        with dist.unwrapped_for_generation(self.acc, self.model) as policy, self._sampler(policy) as sample:
             result = evaluate(
-                policy, self.tokenizer, prompts, columns, self.rewards, acc=self.acc, n=cfg.eval_n, ks=cfg.eval_k,
+                policy, self.tokenizer, prompts, columns, self.rewards, acc=self.acc, n=cfg.eval_n, ks=cfg.eval_k, sampler=sample,
                 max_length=cfg.max_length, temperature=cfg.eval_temperature or cfg.temperature, top_p=cfg.top_p,
                 top_k=cfg.top_k, seed=cfg.seed, threshold=cfg.eval_threshold, eos_token_ids=self.eos_ids,
                 tokenize=lambda ps: self._tokenize_prompts(ps),
@@ -442,13 +448,13 @@ class Trainer:
         keys = sample_keys(cfg.seed, 0, group, torch.arange(n, device=self.device).repeat(len(prompts)))
         chunk = cfg.rollout_batch_size or max(len(prompts), 1)
         parts = []
-        with dist.unwrapped_for_generation(acc, self.model) as policy, acc.autocast(), _explain_oom(
+        with dist.unwrapped_for_generation(acc, self.model) as policy, self._sampler(policy) as sample, _explain_oom(
             f"generating {len(prompts)} prompts x {n} samples x up to {cfg.max_length} tokens on one process: "
             f"lower rollout_batch_size (now {cfg.rollout_batch_size or 'all'} prompts per call; results unchanged), then max_length"
         ):
             for i in range(0, len(prompts), chunk):
                 prompt_ids, prompt_mask = self._tokenize_prompts(prompts[i : i + chunk])
-                parts.append(generate(
+                parts.append(sample(
                     policy, prompt_ids, prompt_mask, n_samples=n, keys=keys[i * n : (i + chunk) * n],
                     max_new_tokens=cfg.max_length, eos_token_ids=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id,
                     temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
@@ -476,6 +482,21 @@ class Trainer:
         all_groups = dist.gather_varlen(acc, group)
         offset = dist.rank_offset(acc, rewards.numel(), self.device)
         return _Round(ro, rewards, scored, rw, rep_prompts, completions, lengths, all_rewards, all_task, all_groups, offset, take)
+
+    @contextlib.contextmanager
+    def _sampler(self, policy):
+        """The sampling function (`rollout.generate`'s signature) for this engine. The built-in loop
+        runs under the forwards' autocast; the vLLM engine first takes the policy's current weights
+        if an update happened since it last did (collective under FSDP/ZeRO-3: `policy` is gathered)."""
+        if self.engine is None:
+            with self.acc.autocast():
+                yield generate
+            return
+        if self.engine.synced_version != self.weights_version:
+            from .vllm_rollout import policy_weights
+
+            self.engine.sync(policy_weights(policy), self.weights_version)
+        yield self.engine.generate
 
     @torch.no_grad()
     def _reference_logprobs(self, *inputs, **kw) -> torch.Tensor:
@@ -703,6 +724,7 @@ class Trainer:
                         mask.sum(),
                     ])
                 norms.append(self._optimizer_step())
+                self.weights_version += 1
                 n_steps += 1
         sums = dist.global_sum(acc, sums)
         tokens = max(float(sums[4]), 1.0)
