@@ -6,6 +6,14 @@
     python launch/bench.py --against trl,plain              # also prorl with the plain sampling loop
     python launch/bench.py --against trl --eos              # completions may stop early at EOS
     python launch/bench.py --prompt_len 128 --n_samples 16  # longer prompts, bigger groups
+    python launch/bench.py --device cuda --model large --bf16 --against trl [--vllm]   # on a GPU
+
+On a GPU (`--device cuda`): the same workload and lockstep protocol on the first visible GPU, with
+`--model large` (~103M parameters, hidden 1024, 8 layers), optionally `--bf16` (prorl
+`mixed_precision: bf16`, TRL `bf16=True`; float32 weights in both) and `--vllm` (prorl
+`rollout_engine: vllm`, TRL `use_vllm=True, vllm_mode="colocate"`, both at
+`--vllm_gpu_memory_utilization`). Peak memory is then `torch.cuda.max_memory_allocated`, and the
+matmul limit a 8192^3 `torch.mm` in the step's precision.
 
 The workload (fixed, offline, fp32 on CPU, `--threads` (2) torch threads in every process):
 
@@ -31,7 +39,7 @@ Batch semantics (TRL counts completions, prorl counts prompts):
            generation round and one optimizer step per P prompts; num_iterations=1 (no old-logprob
            pass, as in prorl); loss_type="dapo" (token sum / global token count = token_mean);
            scale_rewards="group" (= grpo); epsilon=0.2; beta=0.04 (k3 KL in the loss);
-           gradient_checkpointing=False (TRL's default is True; prorl has no activation checkpointing,
+           gradient_checkpointing=False (TRL's default is True; prorl's `activation_checkpointing` defaults to off,
            so the like-for-like run turns it off: `--trl_checkpointing` keeps TRL's default)
 
 How it is timed: every system runs in its own fresh process, all started together and set up in
@@ -79,6 +87,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
     "medium": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8),
+    "large": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=16),
 }
 SYSTEMS = ("prorl", "trl", "plain")  # plain = prorl with `generate(fast=False)`, `completion_logprobs(share_prompts=False)`
 MICRO_BATCH = 16
@@ -88,14 +97,18 @@ TEMPERATURE = 1.0
 TAG = "@@BENCH "  # worker -> driver messages on stdout; everything else there is ignored
 
 
-def _env(threads: int) -> dict:
+def _env(threads: int, device: str = "cpu") -> dict:
     env = dict(os.environ)
+    if device != "cpu" and env.get("CUDA_VISIBLE_DEVICES") == "":  # an empty list would hide every GPU
+        del env["CUDA_VISIBLE_DEVICES"]
     env.update({
         "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
         "WANDB_DISABLED": "true", "WANDB_MODE": "disabled", "DISABLE_MLFLOW_INTEGRATION": "TRUE",
         "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1",
     })
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 
 
@@ -178,6 +191,19 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _peak_gpu_mb() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _send(msg: dict) -> None:
     sys.stdout.write(TAG + json.dumps(msg) + "\n")
     sys.stdout.flush()
@@ -200,6 +226,7 @@ class _StepClock:
         self.t0, self.c0 = time.perf_counter(), time.process_time()
 
     def stop(self, tokens: int, **extra):
+        _sync()  # GPU work queued in the step belongs to the step
         wall, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
         _send({"step": self.i, "wall": wall, "cpu": cpu, "tokens": int(tokens), **extra})
         self.i += 1
@@ -225,6 +252,8 @@ def worker_prorl(args, folder: Path, plain: bool = False) -> None:
         max_prompt_length=args.prompt_len + 8, temperature=TEMPERATURE, top_p=1.0, top_k=0, kl_beta=KL_BETA,
         learning_rate=LEARNING_RATE, skip_zero_signal=False, save_every=0, progress_bar=False,
         output_dir=str(folder / ("plain_out" if plain else "prorl_out")), seed=args.seed, dtype="float32",
+        mixed_precision="bf16" if args.bf16 else "no", rollout_engine="vllm" if args.vllm else "hf",
+        **({"vllm_gpu_memory_utilization": args.vllm_gpu_memory_utilization} if args.vllm else {}),
     ))
     trainer = Trainer(cfg, reward_funcs=[bench_reward])
     rss_ready = _rss_now_mb()
@@ -235,7 +264,7 @@ def worker_prorl(args, folder: Path, plain: bool = False) -> None:
         m = trainer.train_step()
         clock.stop(round(m["completion_len_mean"] * args.n_prompts * args.n_samples), gen=m["gen_time"])
     _wait_go()  # tear down only once every system has finished its steps (see run_round)
-    _send({"final": True, "rss_ready_mb": rss_ready, "peak_rss_mb": _peak_rss_mb()})
+    _send({"final": True, "rss_ready_mb": rss_ready, "peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": _peak_gpu_mb()})
 
 
 def worker_trl(args, folder: Path) -> None:
@@ -279,34 +308,41 @@ def worker_trl(args, folder: Path) -> None:
         gradient_accumulation_steps=n // MICRO_BATCH, num_generations=args.n_samples, num_iterations=1,
         max_completion_length=args.max_new_tokens, temperature=TEMPERATURE, top_p=1.0, top_k=0, beta=KL_BETA,
         learning_rate=LEARNING_RATE, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        loss_type="dapo", scale_rewards="group", epsilon=0.2, seed=args.seed, use_cpu=True, bf16=False, fp16=False,
+        loss_type="dapo", scale_rewards="group", epsilon=0.2, seed=args.seed, use_cpu=args.device == "cpu", bf16=args.bf16, fp16=False,
         model_init_kwargs={"dtype": "float32"}, report_to="none", save_strategy="no", logging_strategy="no",
         disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, log_completions=False,
         # TRL turns activation checkpointing on by default (recompute in the backward to save memory);
-        # prorl has none, so it is off here unless --trl_checkpointing: both do the same computation
+        # prorl's is off by default, so TRL's is off here unless --trl_checkpointing: both do the same computation
         gradient_checkpointing=args.trl_checkpointing,
+        **({"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": args.vllm_gpu_memory_utilization} if args.vllm else {}),
     )
     ds = datasets.load_dataset("json", data_files=str(folder / "prompts.jsonl"), split="train")
     trainer = GRPOTrainer(model=str(folder / "model"), reward_funcs=[reward], args=config, train_dataset=ds, callbacks=[Lockstep()])
     trainer.train()
-    _send({"final": True, "rss_ready_mb": ready["rss_mb"], "peak_rss_mb": _peak_rss_mb(), "version": __import__("trl").__version__})
+    _send({"final": True, "rss_ready_mb": ready["rss_mb"], "peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": _peak_gpu_mb(),
+           "version": __import__("trl").__version__})
 
 
 def worker_matmul(args) -> None:
-    """This machine's fp32 matmul rate on `--threads` threads: best and median of a repeated 2048^3 torch.mm."""
+    """This machine's matmul rate: best and median of a repeated torch.mm, 2048^3 fp32 on `--threads`
+    CPU threads, or 8192^3 on the GPU in the step's precision (bf16 with --bf16, else fp32)."""
     import torch
 
     torch.set_num_threads(args.threads)
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    c = torch.empty(n, n)
+    cuda = args.device == "cuda"
+    n = 8192 if cuda else 2048
+    kw = dict(device="cuda", dtype=torch.bfloat16 if args.bf16 else torch.float32) if cuda else {}
+    a, b = torch.randn(n, n, **kw), torch.randn(n, n, **kw)
+    c = torch.empty(n, n, **kw)
     for _ in range(2):
         torch.mm(a, b, out=c)
+    _sync()
     rates = []
     t_end = time.perf_counter() + args.matmul_seconds
     while time.perf_counter() < t_end or len(rates) < 5:
         t0 = time.perf_counter()
         torch.mm(a, b, out=c)
+        _sync()
         rates.append(2 * n**3 / (time.perf_counter() - t0))
     _send({"final": True, "best_gflops": max(rates) / 1e9, "median_gflops": statistics.median(rates) / 1e9, "reps": len(rates)})
 
@@ -320,7 +356,7 @@ class _Worker:
         self.log = tempfile.TemporaryFile(mode="w+")
         cmd = [python, str(Path(__file__).resolve()), "--_worker", name, "--_workdir", str(folder)] + _forward(args)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     bufsize=1, env=_env(args.threads), cwd=str(REPO_ROOT))
+                                     bufsize=1, env=_env(args.threads, args.device), cwd=str(REPO_ROOT))
 
     def read(self) -> dict:
         for line in self.proc.stdout:
@@ -352,7 +388,9 @@ def _forward(args) -> list[str]:
     out = ["--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
            "--prompt_len", str(args.prompt_len), "--n_samples", str(args.n_samples), "--n_prompts", str(args.n_prompts),
            "--max_new_tokens", str(args.max_new_tokens), "--seed", str(args.seed), "--matmul_seconds", str(args.matmul_seconds)]
-    return out + (["--eos"] if args.eos else []) + (["--trl_checkpointing"] if args.trl_checkpointing else [])
+    out += ["--device", args.device, "--vllm_gpu_memory_utilization", str(args.vllm_gpu_memory_utilization)]
+    flags = {"--eos": args.eos, "--trl_checkpointing": args.trl_checkpointing, "--bf16": args.bf16, "--vllm": args.vllm}
+    return out + [f for f, on in flags.items() if on]
 
 
 def _trl_python(args) -> str | None:
@@ -444,6 +482,7 @@ def summarize(name: str, rounds: list[dict], args, info: dict, matmul_best: floa
         "completion_tokens_per_step": statistics.mean(toks),
         "completion_tokens_per_s": statistics.median(k / w for k, w in zip(toks, walls)),
         "peak_rss_mb": max(r["finals"][name]["peak_rss_mb"] for r in rounds),
+        **({"peak_gpu_mb": max(r["finals"][name]["peak_gpu_mb"] for r in rounds)} if args.device == "cuda" else {}),
         "rss_ready_mb": max(r["finals"][name]["rss_ready_mb"] for r in rounds),
         "measured_steps": len(steps),
     }
@@ -473,7 +512,10 @@ def paired_ratios(a: str, b: str, rounds: list[dict], args) -> dict:
             tok.append((x["tokens"] / x["wall"]) / (y["tokens"] / y["wall"]))
             step.append(y["wall"] / x["wall"])
     peak = max(r["finals"][a]["peak_rss_mb"] for r in rounds) / max(r["finals"][b]["peak_rss_mb"] for r in rounds)
-    return {"tokens_per_s": statistics.median(tok), "step_time_speedup": statistics.median(step), "peak_rss": peak}
+    out = {"tokens_per_s": statistics.median(tok), "step_time_speedup": statistics.median(step), "peak_rss": peak}
+    if args.device == "cuda":
+        out["peak_gpu"] = max(r["finals"][a]["peak_gpu_mb"] for r in rounds) / max(r["finals"][b]["peak_gpu_mb"] for r in rounds)
+    return out
 
 
 def main(argv=None) -> int:
@@ -495,6 +537,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no_matmul", action="store_true", help="skip the matmul-rate measurement (no flop_fraction)")
     ap.add_argument("--trl_checkpointing", action="store_true",
                     help="run TRL with its default activation checkpointing (more compute, less memory); off by default")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: run every system on the first visible GPU")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast in both systems (float32 weights); for --device cuda")
+    ap.add_argument("--vllm", action="store_true", help="sample with a colocated vLLM engine in both systems (needs vLLM; GPU)")
+    ap.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.3, help="with --vllm: GPU share each vLLM engine may take")
     ap.add_argument("--trl_python", default=None, help="a Python that can import trl (default: $PRORL_BENCH_TRL_PYTHON, then this one)")
     ap.add_argument("--out", default=None, help="also write the JSON result to this file")
     ap.add_argument("--_worker", choices=SYSTEMS + ("matmul",), default=None, help=argparse.SUPPRESS)
@@ -505,8 +551,17 @@ def main(argv=None) -> int:
     against = [s.strip() for s in args.against.split(",") if s.strip()]
     if any(s not in ("trl", "plain") for s in against):
         ap.error(f"--against takes a comma list of trl, plain; got {args.against!r}")
+    if (args.bf16 or args.vllm) and args.device != "cuda":
+        ap.error("--bf16 and --vllm are GPU options: add --device cuda")
+    if args.vllm and "plain" in against:
+        ap.error("--vllm replaces the sampler that --against plain compares; drop one of them")
     if "trl" in against and (args.n_prompts * args.n_samples) % MICRO_BATCH:
         ap.error(f"--n_prompts x --n_samples must be a multiple of {MICRO_BATCH} (TRL's per-device batch)")
+    if args.device == "cuda" and not args._worker:
+        import torch
+
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: torch sees no CUDA GPU here (a CPU build of torch, or no GPU visible)")
 
     if args._worker:
         folder = Path(args._workdir) if args._workdir else None
@@ -541,6 +596,8 @@ def main(argv=None) -> int:
 
     machine.update({"loadavg_after": _loadavg(), "wall_s": round(time.time() - t0, 1), "torch": torch.__version__,
                     "transformers": transformers.__version__})
+    if args.device == "cuda" and torch.cuda.is_available():
+        machine["gpu"] = torch.cuda.get_device_name(0)
     if cpu0 and cpu1:
         machine["steal_pct"] = round(100.0 * (cpu1[1] - cpu0[1]) / max(cpu1[0] - cpu0[0], 1), 1)
     best = max((m["best_gflops"] for m in matmul), default=None)
@@ -552,7 +609,8 @@ def main(argv=None) -> int:
         "workload": {
             "model": args.model, "params": info["params"], "vocab_size": info["vocab_size"], "n_prompts": args.n_prompts,
             "n_samples": args.n_samples, "max_new_tokens": args.max_new_tokens, "prompt_len": args.prompt_len,
-            "eos": args.eos, "temperature": TEMPERATURE, "kl_beta": KL_BETA, "dtype": "float32",
+            "eos": args.eos, "temperature": TEMPERATURE, "kl_beta": KL_BETA, "dtype": "float32", "device": args.device,
+            "bf16_autocast": args.bf16, "vllm": args.vllm,
             "micro_batch": MICRO_BATCH, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
             "trl_checkpointing": args.trl_checkpointing,
         },

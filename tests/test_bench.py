@@ -31,3 +31,9 @@ def test_bench_tiny_one_step_prints_json_with_the_keys():
     assert p["sec_per_step"] > 0 and p["completion_tokens_per_s"] > 0 and p["peak_rss_mb"] > 0
     assert 0 < p["flop_fraction"] and out["machine"]["matmul_gflops_best"] > 0
     assert out["machine"]["threads"] == 2
+
+
+def test_bench_refuses_gpu_options_without_a_gpu_run():
+    for args, message in ((["--bf16"], "add --device cuda"), (["--device", "cuda", "--vllm", "--against", "plain"], "drop one of them")):
+        r = subprocess.run([sys.executable, str(REPO / "launch" / "bench.py"), *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr[-500:])
