@@ -143,3 +143,31 @@ def test_streaming_draws_the_same_prompts_at_any_process_count_and_resumes_exact
     for a, b in zip(m1, m2):
         assert a["reward_mean"] == b["reward_mean"] and a["completion_len_mean"] == b["completion_len_mean"]
     assert max_rel_diff(weights(tmp_path / "two" / "checkpoint-000004"), weights(tmp_path / "one" / "checkpoint-000004")) < 1e-4
+
+
+def test_vllm_engine_one_and_two_processes_sample_the_same(tmp_path, monkeypatch):
+    """rollout_engine=vllm (against tests/fake_vllm, whose sampling is per request): each process
+    starts its own engine, syncs its own copy of the weights after every update and samples its
+    share; the per-sample seeds make 1 and 2 processes draw the same completions."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "tests" / "fake_vllm"), os.environ.get("PYTHONPATH", "")]))
+    runs = {}
+    for nproc in (1, 2):
+        log = tmp_path / f"vllm{nproc}.jsonl"
+        monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+        train(nproc, tmp_path / f"p{nproc}", max_steps=2, learning_rate=1e-6, rollout_engine="vllm", skip_zero_signal=False)
+        runs[nproc] = [json.loads(l) for l in log.read_text().splitlines()]
+    two = runs[2]
+    starts = [e for e in two if e["event"] == "start"]
+    assert sorted(e["rank"] for e in starts) == ["0", "1"] and {e["world_size"] for e in starts} == {"2"}
+    assert sorted(e["seed"] for e in starts) == [5, 6]  # seed + process index
+    for rank in ("0", "1"):
+        mine = [e["event"] for e in two if e["rank"] == rank and e["event"] != "start"]
+        assert mine == ["load_weights", "generate"] * 2  # synced before each step's sampling
+        assert [e["requests"] for e in two if e["rank"] == rank and e["event"] == "generate"] == [8, 8]  # its share
+    gen1 = [e["seeds"] for e in runs[1] if e["event"] == "generate"]
+    per_rank = {r: [e["seeds"] for e in two if e["event"] == "generate" and e["rank"] == r] for r in ("0", "1")}
+    for step in range(2):  # the same samples each step, split over the processes
+        assert sorted(gen1[step]) == sorted(per_rank["0"][step] + per_rank["1"][step])
+    m1, m2 = metrics(tmp_path / "p1"), metrics(tmp_path / "p2")
+    for a, b in zip(m1, m2):
+        assert a["reward_mean"] == b["reward_mean"] and a["completion_len_mean"] == b["completion_len_mean"]

@@ -6,12 +6,15 @@
 It samples with a transformers model on the CPU, so CI can check prorl's side of the integration
 (request layout, per-sample seeds, EOS/length handling, log-prob alignment, weight sync, PEFT names)
 on a machine where vLLM cannot be installed. It checks nothing about vLLM itself.
-Put `tests/fake_vllm` first on sys.path to use it.
+Put `tests/fake_vllm` first on sys.path to use it. With $FAKE_VLLM_LOG set, every engine start,
+weight load and generate call is appended there as a JSON line (for multi-process tests).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import os
+from dataclasses import dataclass
 
 import torch
 
@@ -60,6 +63,13 @@ class RequestOutput:
     finished: bool = True
 
 
+def _log(event: str, **info) -> None:
+    path = os.environ.get("FAKE_VLLM_LOG")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"event": event, "rank": os.environ.get("RANK"), **info}) + "\n")
+
+
 class _WorkerModel(torch.nn.Module):
     """What `apply_model` hands over: a model whose `load_weights` takes HF checkpoint names (as vLLM's do)."""
 
@@ -77,6 +87,7 @@ class _WorkerModel(torch.nn.Module):
             params[name].data.copy_(tensor)
             loaded.add(name)
         self.loads += 1
+        _log("load_weights", tensors=len(loaded))
         return loaded
 
 
@@ -96,6 +107,8 @@ class LLM:
         self.requests: list[tuple[list[int], SamplingParams]] = []
         self.outputs: list[RequestOutput] = []
         LLM.instances.append(self)
+        _log("start", seed=kwargs.get("seed"), backend=kwargs.get("distributed_executor_backend"),
+             world_size=os.environ.get("WORLD_SIZE"), master_port=os.environ.get("MASTER_PORT"))
 
     def apply_model(self, func):
         return [func(self.worker)]
@@ -116,6 +129,7 @@ class LLM:
             self.requests.append((ids, sp))
             outs.append(RequestOutput(str(i), None, ids, [self._sample(ids, sp)]))
         self.outputs += outs
+        _log("generate", requests=len(prompts), seeds=[sp.seed for sp in sampling_params])
         return outs
 
     def _sample(self, prompt_ids, sp):
