@@ -63,8 +63,6 @@ def load_model_and_tokenizer(cfg: Config, path: str | None = None):
 
 def enable_activation_checkpointing(model) -> None:
     """Recompute every decoder layer in the backward pass (transformers' own checkpointing)."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(target, "supports_gradient_checkpointing", False):
         raise ConfigError(f"activation_checkpointing=true: {type(target).__name__} does not support it; set activation_checkpointing=false")
@@ -73,10 +71,17 @@ def enable_activation_checkpointing(model) -> None:
         target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:  # transformers < 5
         target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    # transformers checkpoints a layer only while it is in training mode, but the policy stays in eval
-    # mode (dropout off, so sampling and training see one policy): mark just the layer objects as
-    # training; their submodules (attention, MLP, any dropout) stay in eval mode.
-    for module in target.modules():
+    mark_layers_for_recompute(target)
+
+
+def mark_layers_for_recompute(model) -> None:
+    """transformers checkpoints a layer only while it is in training mode, but the policy stays in eval
+    mode (dropout off, so sampling and training see one policy): mark just the layer objects as
+    training; their submodules (attention, MLP, any dropout) stay in eval mode. Called again before
+    every update, because any `model.eval()` (a user's, a callback's) clears the mark."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
             module.training = True
 
@@ -653,6 +658,8 @@ class Trainer:
         steps; every step's loss is normalised by that mini-batch's GLOBAL token/sequence counts."""
         cfg, acc = self.cfg, self.acc
         fwd = dict(temperature=cfg.temperature)
+        if cfg.activation_checkpointing:
+            mark_layers_for_recompute(acc.unwrap_model(self.model))
 
         def rows(idx):
             # an empty micro-batch still runs a pass on one row (weight 0) so collectives stay matched

@@ -226,8 +226,10 @@ def test_lora_reference_reset_folds_adapters_into_the_base_and_resumes_exactly(t
     assert r.returncode == 2 and "is not a LoRA checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def _one_step(tmp_path, hook_dtypes=None, **over):
+def _one_step(tmp_path, hook_dtypes=None, prepare=None, **over):
     tr = Trainer(small_run(tmp_path, max_steps=1, kl_beta=0.05, **over), reward_funcs=[_varied])
+    if prepare is not None:
+        prepare(tr)
     saved = [0]
 
     def pack(t):
@@ -262,6 +264,9 @@ def test_activation_checkpointing_stores_less_and_gives_the_same_update(tmp_path
     assert all(float((a[k] - b[k]).abs().max()) <= 2.01 * lr for k in a)
     start = _params(Trainer(small_run(tmp_path / "fresh", max_steps=1)).model)
     assert any(not torch.equal(v, start[k]) for k, v in a.items())  # the step did change the weights
+    # a model.eval() between steps (a user's notebook, a callback) must not turn checkpointing off
+    _, _, saved_after_eval = _one_step(tmp_path / "eval", prepare=lambda tr: tr.model.eval(), activation_checkpointing=True)
+    assert saved_after_eval == saved_ckpt
 
 
 def test_bf16_autocast_runs_every_forward_in_bf16_and_keeps_float32_weights(tmp_path):
