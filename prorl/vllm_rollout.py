@@ -20,6 +20,7 @@ vLLM is not a dependency of prorl: install it (a CUDA build matching your torch)
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Iterable, Iterator
@@ -29,6 +30,8 @@ import torch
 from .config import ConfigError
 from .rollout import Rollout
 
+log = logging.getLogger("prorl")
+
 
 def _vllm():
     try:
@@ -36,7 +39,7 @@ def _vllm():
     except ImportError as e:
         raise ConfigError(
             f"rollout_engine=vllm needs vLLM, which is not importable here ({e}); install it on the GPU machine "
-            "(pip install vllm, a build matching your torch) or use rollout_engine=hf"
+            "(pip install -e '.[vllm]', or a vLLM build matching your torch) or use rollout_engine=hf"
         ) from None
     return vllm
 
@@ -94,6 +97,9 @@ class VLLMEngine:
         _launcher_env(acc)
         # the engine samples in the precision the forwards run in: autocast bf16 -> bf16 weights
         dtype = "bfloat16" if cfg.mixed_precision == "bf16" else cfg.dtype
+        if dtype == "float32" and acc.is_main_process:
+            log.warning("rollout_engine=vllm in float32 is slow and some vLLM attention backends refuse it; "
+                        "mixed_precision=bf16 samples in bf16 and keeps float32 weights and Adam for training")
         kwargs = dict(
             model=model_path,
             tokenizer=cfg.tokenizer_name_or_path or model_path,
@@ -104,7 +110,7 @@ class VLLMEngine:
             distributed_executor_backend="external_launcher",
             seed=cfg.seed + acc.process_index,
             logprobs_mode="processed_logprobs",
-            enable_prefix_caching=True,  # a group's n requests share their prompt's KV cache
+            enable_prefix_caching=True,  # a group's n requests can share their prompt's full KV blocks
         )
         kwargs.update(cfg.vllm_kwargs)
         self.llm = vllm.LLM(**kwargs)
@@ -142,8 +148,8 @@ class VLLMEngine:
         P = prompt_ids.size(0)
         B = P * n_samples
         eos = sorted(set(int(e) for e in eos_token_ids))
-        prompts = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
-        requests = [prompts[i // n_samples] for i in range(B)]
+        prompts = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]  # padding stripped
+        requests = [{"prompt_token_ids": prompts[i // n_samples]} for i in range(B)]  # one request per sample
         params = [
             self.SamplingParams(
                 n=1, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_new_tokens,
