@@ -114,7 +114,7 @@ def test_policy_weights_fold_lora_adapters_under_plain_names(tiny_model):
             if "lora_B" in name:
                 p.normal_()  # a non-zero update, as after training
     base_before = {n: p.clone() for n, p in model.named_parameters() if "base_layer" in n}
-    got = dict(policy_weights(model))
+    got = {n: t.clone() for n, t in policy_weights(model)}  # copies: merge_and_unload below writes the base in place
     assert all(torch.equal(p, base_before[n]) for n, p in model.named_parameters() if n in base_before)  # the base is the reference: untouched
     assert list(got) == [n for n, _ in plain.named_parameters()]  # the names vLLM's loaders expect
     merged = dict(model.merge_and_unload().named_parameters())  # PEFT's own merge is the oracle
