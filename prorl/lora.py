@@ -68,10 +68,34 @@ def fold_adapters_into_base(model, alpha: float = 1.0) -> None:
     applies the same arithmetic to its replica, so DDP replicas stay equal."""
     for _, layer in _lora_layers(model):
         base = layer.get_base_layer()
-        for adapter in layer.active_adapters:
-            if adapter in layer.lora_A:
-                base.weight += alpha * layer.get_delta_weight(adapter).to(base.weight.dtype)
-                layer.lora_B[adapter].weight.mul_(1.0 - alpha)
+        for adapter in _adapters(layer):
+            base.weight += alpha * layer.get_delta_weight(adapter).to(base.weight.dtype)
+            layer.lora_B[adapter].weight.mul_(1.0 - alpha)
+
+
+def _adapters(layer):
+    """The active adapters of a LoRA layer that hold weights in it."""
+    return [a for a in layer.active_adapters if a in layer.lora_A]
+
+
+@torch.no_grad()
+def merged_weights(model):
+    """(plain name, tensor) of the policy as a plain model, one tensor at a time: each LoRA layer's
+    weight is base + its adapters' update, computed into a new tensor (the base, the reference, is
+    not written); adapter tensors are left out, PEFT's name prefixes removed."""
+    layers = dict(_lora_layers(model))
+    for name, param in model.get_base_model().named_parameters():
+        if ".lora_" in name:
+            continue
+        owner, _, leaf = name.rpartition(".base_layer.")
+        if not leaf or owner not in layers:
+            yield name, param.detach()
+            continue
+        tensor = param.detach()
+        if leaf == "weight":
+            for adapter in _adapters(layers[owner]):
+                tensor = tensor + layers[owner].get_delta_weight(adapter).to(tensor.dtype)
+        yield f"{owner}.{leaf}", tensor
 
 
 def base_weights(model) -> dict[str, torch.Tensor]:

@@ -67,23 +67,9 @@ def policy_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
     adapters are folded into copies of their base weights (the base itself is not touched: it is the
     reference), and PEFT's name prefixes are removed."""
     if hasattr(policy, "get_base_model") and hasattr(policy, "peft_config"):
-        from .lora import _lora_layers
+        from .lora import merged_weights
 
-        layers = dict(_lora_layers(policy))
-        for name, param in policy.get_base_model().named_parameters():
-            if ".lora_" in name:
-                continue
-            owner, _, leaf = name.rpartition(".base_layer.")
-            if leaf and owner in layers:
-                tensor = param.detach()
-                layer = layers[owner]
-                if leaf == "weight":
-                    for adapter in layer.active_adapters:
-                        if adapter in layer.lora_A:
-                            tensor = tensor + layer.get_delta_weight(adapter).to(tensor.dtype)
-                yield f"{owner}.{leaf}", tensor
-            else:
-                yield name, param.detach()
+        yield from merged_weights(policy)
         return
     for name, param in policy.named_parameters():
         yield name, param.detach()
