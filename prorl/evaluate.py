@@ -120,9 +120,7 @@ def run_eval(cfg, *, ks: list[int], n: int) -> dict:
     if cfg.rollout_engine == "vllm":  # the engine loads the same weights itself; the HF model stays on the CPU
         from .vllm_rollout import VLLMEngine
 
-        engine = VLLMEngine(cfg, acc, cfg.resolved_model_path())
-        engine.synced_version = "loaded"
-        sampler = engine.generate
+        sampler = VLLMEngine(cfg, acc, cfg.resolved_model_path()).generate  # its own weights: nothing to sync
     else:
         model.to(acc.device)
     ds = load_prompt_dataset(cfg)
