@@ -687,11 +687,13 @@ class Trainer:
         with torch.no_grad():
             for c, (micro, _, _) in enumerate(plan):
                 for j, idx in enumerate(micro):
+                    # built per pass, not kept for the whole update: at scale they are a sizeable copy of the rollout
+                    args = inputs(idx)
                     if kl_in_loss:
-                        ref_logp[c, j] = self._reference_logprobs(*inputs(idx), **fwd)
+                        ref_logp[c, j] = self._reference_logprobs(*args, **fwd)
                     if off_policy:
                         with acc.autocast():
-                            old_logp[c, j] = completion_logprobs(self.model, *inputs(idx), **fwd)
+                            old_logp[c, j] = completion_logprobs(self.model, *args, **fwd)
 
         scale = dist.grad_average_correction(acc)
         sums = torch.zeros(5, device=self.device)  # loss, kl, clipped, entropy (token sums), tokens
