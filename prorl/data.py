@@ -63,9 +63,8 @@ def load_prompt_dataset(cfg: Config) -> datasets.Dataset | datasets.IterableData
     if len(ds) < total:
         log.warning("dataset=%r: skipped %d empty prompt(s) of %d", source, total - len(ds), total)
     if not isinstance(ds.features.get("prompt"), _TYPED_FEATURES):  # an untyped (mixed JSON) column: look
-        bad = next((p for p in ds["prompt"] if not isinstance(p, (str, list))), None)
-        if bad is not None:
-            raise ConfigError(f"dataset={source!r}: a prompt is a {type(bad).__name__}, not text; point prompt_column at the prompt text")
+        for prompt in ds["prompt"]:
+            _check_prompt_value(prompt, source)
     if cfg.max_prompts is not None and len(ds) > cfg.max_prompts:
         ds = ds.shuffle(seed=cfg.seed).select(range(cfg.max_prompts))
     return ds
@@ -192,6 +191,12 @@ def _check_utf8(path: Path, source: str) -> None:
             raise ConfigError(f"dataset={source!r} is not valid UTF-8 (truncated at the end); re-encode the file as UTF-8") from None
 
 
+def _check_prompt_value(prompt, source) -> None:
+    """One prompt of an untyped column (mixed JSON) or a stream: text or chat messages, nothing else."""
+    if not isinstance(prompt, (str, list)):
+        raise ConfigError(f"dataset={source!r}: a prompt is a {type(prompt).__name__}, not text; point prompt_column at the prompt text")
+
+
 def _non_empty(prompt) -> bool:
     """Drops blank text and empty message lists; keeps any other type so the type check can name it."""
     if isinstance(prompt, str):
@@ -216,10 +221,7 @@ def _column_names(ds) -> list[str] | None:
     """Column names; a stream whose features are unknown reads its first row to find them."""
     if ds.column_names is not None:
         return list(ds.column_names)
-    try:
-        first = next(iter(ds.take(1)), None)
-    except StopIteration:
-        first = None
+    first = next(iter(ds.take(1)), None)
     return list(first) if first is not None else None
 
 
@@ -308,10 +310,7 @@ class StreamingPrompts:
                     raise ConfigError(f"dataset={self.source!r} yielded no non-empty prompts (streaming); check the name, split and prompt_column")
                 self.epoch, self._it = self.epoch + 1, None
                 continue
-            if not isinstance(row["prompt"], (str, list)):
-                raise ConfigError(
-                    f"dataset={self.source!r}: a prompt is a {type(row['prompt']).__name__}, not text; point prompt_column at the prompt text"
-                )
+            _check_prompt_value(row["prompt"], self.source)
             out.append(row)
             self._in_epoch += 1
         self.position += count
