@@ -7,9 +7,13 @@
     python launch/bench.py --against trl --eos              # completions may stop early at EOS
     python launch/bench.py --prompt_len 128 --n_samples 16  # longer prompts, bigger groups
     python launch/bench.py --device cuda --model large --bf16 --against trl [--vllm]   # on a GPU
+    python launch/bench.py --device cuda --bf16 --model qwen1.5b --micro_batch 4 --max_new_tokens 1024 --against trl
 
 On a GPU (`--device cuda`): the same workload and lockstep protocol on the first visible GPU, with
-`--model large` (~103M parameters, hidden 1024, 8 layers), optionally `--bf16` (prorl
+`--model large` (~103M parameters, hidden 1024, 8 layers) or `--model qwen1.5b` (Qwen2-1.5B's
+configuration with random weights: hidden 1536, 28 layers, 12 heads, 2 KV heads, intermediate 8960,
+vocabulary 151,936, tied embeddings; token ids past the character tokenizer decode to nothing, and
+EOS is one token in 151,936), optionally `--bf16` (prorl
 `mixed_precision: bf16`, TRL `bf16=True`; float32 weights in both) and `--vllm` (prorl
 `rollout_engine: vllm`, TRL `use_vllm=True, vllm_mode="colocate"`, both at
 `--vllm_gpu_memory_utilization`). Peak memory is then `torch.cuda.max_memory_allocated`, and the
@@ -22,7 +26,7 @@ The workload (fixed, offline, fp32 on CPU, `--threads` (2) torch threads in ever
   8 layers, intermediate 1408); tied embeddings;
 - `--n_prompts` (8) prompts x `--n_samples` (8) completions per optimizer step, `--max_new_tokens`
   (64) new tokens, temperature 1, top_p 1, top_k 0, KL beta 0.04 (so a reference model and its
-  forward pass), lr 1e-6, one update per rollout batch, micro-batches of 16 completions;
+  forward pass), lr 1e-6, one update per rollout batch, micro-batches of `--micro_batch` (16) completions;
 - every prompt is `--prompt_len` (16) random characters = tokens, so both systems see equal shapes;
 - reward = the fraction of lowercase letters in the completion: it varies within every group, so
   no group is skipped (prorl's `skip_zero_signal` is off as well) and both systems do the same work;
@@ -32,9 +36,9 @@ The workload (fixed, offline, fp32 on CPU, `--threads` (2) torch threads in ever
 
 Batch semantics (TRL counts completions, prorl counts prompts):
 
-    prorl  batch_size=P, n_samples=N, micro_batch_size=16, updates_per_batch=1, mini_batches=1,
+    prorl  batch_size=P, n_samples=N, micro_batch_size=M, updates_per_batch=1, mini_batches=1,
            loss_agg=token_mean, advantage=grpo, policy_loss=ppo_clip (eps 0.2), kl_estimator=k3
-    TRL    num_generations=N, per_device_train_batch_size=16, gradient_accumulation_steps=P*N/16,
+    TRL    num_generations=N, per_device_train_batch_size=M, gradient_accumulation_steps=P*N/M,
            so steps_per_generation=gradient_accumulation_steps and generation_batch_size=P*N: one
            generation round and one optimizer step per P prompts; num_iterations=1 (no old-logprob
            pass, as in prorl); loss_type="dapo" (token sum / global token count = token_mean);
@@ -88,9 +92,11 @@ MODELS = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
     "medium": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8),
     "large": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=16),
+    # Qwen2-1.5B's shape (random weights): grouped-query attention, a 151,936-token vocabulary, qkv biases
+    "qwen1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                     vocab_size=151936),
 }
 SYSTEMS = ("prorl", "trl", "plain")  # plain = prorl with `generate(fast=False)`, `completion_logprobs(share_prompts=False)`
-MICRO_BATCH = 16
 LEARNING_RATE = 1e-6
 KL_BETA = 0.04
 TEMPERATURE = 1.0
@@ -140,14 +146,20 @@ def build_workload(folder: Path, args) -> dict:
     transformers.utils.logging.disable_progress_bar()
     tok = build_tokenizer()
     eos_id = tok.eos_token_id
-    vocab = len(tok) if args.eos else len(tok) - 1  # without --eos the model has no output row for <eos>
-    cfg = LlamaConfig(
+    shape = dict(MODELS[args.model])
+    vocab = shape.pop("vocab_size", None) or (len(tok) if args.eos else len(tok) - 1)  # without --eos: no output row for <eos>
+    common = dict(
         vocab_size=vocab, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=eos_id,
         max_position_embeddings=max(512, args.prompt_len + args.max_new_tokens), rope_theta=10000.0,
-        rms_norm_eps=1e-5, tie_word_embeddings=True, attention_dropout=0.0, **MODELS[args.model],
+        rms_norm_eps=1e-5 if args.model != "qwen1.5b" else 1e-6, tie_word_embeddings=True, attention_dropout=0.0, **shape,
     )
     torch.manual_seed(args.seed)
-    model = LlamaForCausalLM(cfg).float().eval()
+    if args.model == "qwen1.5b":  # its own architecture (qkv biases); ids past the tokenizer's decode to nothing
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        model = Qwen2ForCausalLM(Qwen2Config(**common)).float().eval()
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common)).float().eval()
     model.generation_config = GenerationConfig(pad_token_id=tok.pad_token_id, eos_token_id=eos_id, bos_token_id=tok.bos_token_id)
     model.save_pretrained(folder / "model", safe_serialization=True)
     tok.save_pretrained(folder / "model")
@@ -248,7 +260,7 @@ def worker_prorl(args, folder: Path, plain: bool = False) -> None:
     total = args.warmup + args.steps
     cfg = load_config(None, dict(
         model_name_or_path=str(folder / "model"), dataset=str(folder / "prompts.jsonl"), max_steps=total,
-        batch_size=args.n_prompts, n_samples=args.n_samples, micro_batch_size=MICRO_BATCH, max_length=args.max_new_tokens,
+        batch_size=args.n_prompts, n_samples=args.n_samples, micro_batch_size=args.micro_batch, max_length=args.max_new_tokens,
         max_prompt_length=args.prompt_len + 8, temperature=TEMPERATURE, top_p=1.0, top_k=0, kl_beta=KL_BETA,
         learning_rate=LEARNING_RATE, skip_zero_signal=False, save_every=0, progress_bar=False,
         output_dir=str(folder / ("plain_out" if plain else "prorl_out")), seed=args.seed, dtype="float32",
@@ -304,8 +316,8 @@ def worker_trl(args, folder: Path) -> None:
                 _wait_go()  # TRL's end-of-training work must not overlap another system's timed step
 
     config = GRPOConfig(
-        output_dir=str(folder / "trl_out"), max_steps=total, per_device_train_batch_size=MICRO_BATCH,
-        gradient_accumulation_steps=n // MICRO_BATCH, num_generations=args.n_samples, num_iterations=1,
+        output_dir=str(folder / "trl_out"), max_steps=total, per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=n // args.micro_batch, num_generations=args.n_samples, num_iterations=1,
         max_completion_length=args.max_new_tokens, temperature=TEMPERATURE, top_p=1.0, top_k=0, beta=KL_BETA,
         learning_rate=LEARNING_RATE, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         loss_type="dapo", scale_rewards="group", epsilon=0.2, seed=args.seed, use_cpu=args.device == "cpu", bf16=args.bf16, fp16=False,
@@ -387,7 +399,8 @@ class _Worker:
 def _forward(args) -> list[str]:
     out = ["--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
            "--prompt_len", str(args.prompt_len), "--n_samples", str(args.n_samples), "--n_prompts", str(args.n_prompts),
-           "--max_new_tokens", str(args.max_new_tokens), "--seed", str(args.seed), "--matmul_seconds", str(args.matmul_seconds)]
+           "--max_new_tokens", str(args.max_new_tokens), "--seed", str(args.seed), "--matmul_seconds", str(args.matmul_seconds),
+           "--micro_batch", str(args.micro_batch)]
     out += ["--device", args.device, "--vllm_gpu_memory_utilization", str(args.vllm_gpu_memory_utilization)]
     flags = {"--eos": args.eos, "--trl_checkpointing": args.trl_checkpointing, "--bf16": args.bf16, "--vllm": args.vllm}
     return out + [f for f, on in flags.items() if on]
@@ -462,8 +475,8 @@ def _flops_per_step(info: dict, args, completion_tokens: float, system: str | No
     train_prompt = B * lp
     if system == "prorl":
         train_prompt = 0
-        for start in range(0, B, MICRO_BATCH):
-            rows = min(MICRO_BATCH, B - start)
+        for start in range(0, B, args.micro_batch):
+            rows = min(args.micro_batch, B - start)
             groups = (start + rows - 1) // n - start // n + 1
             shared = (rows - groups) * lp * 10 >= rows * (lp + args.max_new_tokens)
             train_prompt += (groups if shared else rows) * lp
@@ -530,6 +543,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n_prompts", type=int, default=8, help="prompts per optimizer step")
     ap.add_argument("--n_samples", type=int, default=8, help="completions per prompt (the group size)")
     ap.add_argument("--max_new_tokens", type=int, default=64)
+    ap.add_argument("--micro_batch", type=int, default=16, help="completions per forward/backward pass in both systems "
+                    "(prorl micro_batch_size, TRL per_device_train_batch_size)")
     ap.add_argument("--prompt_len", type=int, default=16, help="prompt length in tokens (= characters)")
     ap.add_argument("--eos", action="store_true", help="let the model emit EOS, so completions stop early")
     ap.add_argument("--seed", type=int, default=0)
@@ -555,8 +570,10 @@ def main(argv=None) -> int:
         ap.error("--bf16 and --vllm are GPU options: add --device cuda")
     if args.vllm and "plain" in against:
         ap.error("--vllm replaces the sampler that --against plain compares; drop one of them")
-    if "trl" in against and (args.n_prompts * args.n_samples) % MICRO_BATCH:
-        ap.error(f"--n_prompts x --n_samples must be a multiple of {MICRO_BATCH} (TRL's per-device batch)")
+    if args.micro_batch < 1:
+        ap.error("--micro_batch must be >= 1")
+    if "trl" in against and (args.n_prompts * args.n_samples) % args.micro_batch:
+        ap.error(f"--n_prompts x --n_samples must be a multiple of --micro_batch={args.micro_batch} (TRL's per-device batch)")
     if args.device == "cuda" and not args._worker:
         import torch
 
@@ -611,7 +628,7 @@ def main(argv=None) -> int:
             "n_samples": args.n_samples, "max_new_tokens": args.max_new_tokens, "prompt_len": args.prompt_len,
             "eos": args.eos, "temperature": TEMPERATURE, "kl_beta": KL_BETA, "dtype": "float32", "device": args.device,
             "bf16_autocast": args.bf16, "vllm": args.vllm,
-            "micro_batch": MICRO_BATCH, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+            "micro_batch": args.micro_batch, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
             "trl_checkpointing": args.trl_checkpointing,
         },
         "machine": machine,

@@ -146,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0]
     if command not in ("train", "eval", "plot", "merge"):
         parser.parse_args(argv)  # prints the one-line error
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # prorl's own INFO lines; other libraries only from WARNING (datasets, for one, logs "JAX version ...
+    # available" at INFO on import, which would turn a one-line error into two)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("prorl").setLevel(logging.INFO)
     from .checkpoint import CheckpointError
     from .rewards import RewardConfigError
     from .trainer import Trainer, TrainingAborted

@@ -9,7 +9,9 @@ Why our own sampling loop instead of `model.generate`:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import math
 from dataclasses import dataclass
 
@@ -35,18 +37,25 @@ def sanitize_logits(logits: torch.Tensor) -> tuple[torch.Tensor, int]:
     (transformers' InfNanRemoveLogitsProcessor maps NaN to 0.0, which gives broken tokens real
     probability mass; here they get none.)
     """
-    bad = ~torch.isfinite(logits)
-    if not bool(bad.any()):
+    if not bool((~torch.isfinite(logits)).any()):
         return logits, 0
-    rows = bad.any(dim=-1)
-    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+    out, repaired = repair_logits(logits)
+    return out, int(repaired)
+
+
+def repair_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sanitize_logits` without reading anything back to the host: (logits [B, V], rows repaired as a
+    0-dim tensor). Finite rows come out bit-identical; used where a per-token GPU sync would cost more
+    than the few element-wise passes (and inside CUDA graphs, where a sync is not allowed)."""
+    rows = (~torch.isfinite(logits)).any(dim=-1).sum()
+    neg_inf = float("-inf")  # Python scalars, not new device tensors: nothing is copied from the host
     out = torch.where(torch.isnan(logits), neg_inf, logits)
     posinf = out == float("inf")
     has_posinf = posinf.any(dim=-1, keepdim=True)
-    out = torch.where(has_posinf, torch.where(posinf, torch.zeros_like(out), neg_inf), out)
+    out = torch.where(has_posinf, torch.where(posinf, 0.0, neg_inf).to(out.dtype), out)
     dead = ~torch.isfinite(out).any(dim=-1, keepdim=True)
-    out = torch.where(dead, torch.zeros_like(out), out)
-    return out, int(rows.sum())
+    out = torch.where(dead, 0.0, out)
+    return out, rows
 
 
 class NanSafeLogitsProcessor(LogitsProcessor):
@@ -105,11 +114,9 @@ def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     cdf = probs.cumsum(dim=-1)
     target = (uniforms * cdf[:, -1]).unsqueeze(-1)
     tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=logits.size(-1) - 1)
-    # float round-off can land on a zero-probability token at the very end of the CDF
+    # float round-off can land on a zero-probability token at the very end of the CDF (no `if`: no GPU sync)
     zero = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) <= 0
-    if bool(zero.any()):
-        tokens = torch.where(zero, probs.argmax(dim=-1), tokens)
-    return tokens
+    return torch.where(zero, probs.argmax(dim=-1), tokens)
 
 
 # ----------------------------------------------------------------------
@@ -154,6 +161,8 @@ def generate(
     top_k: int = 0,
     logits_hook=None,
     fast: bool = True,
+    static: bool | None = None,
+    cuda_graphs: bool = True,
 ) -> Rollout:
     """Sample `n_samples` completions for each prompt.
 
@@ -173,8 +182,20 @@ def generate(
     depending on its position in the batch, so log-probs may differ in the last bit (and a token only
     if its uniform falls within that rounding of a CDF boundary). With `logits_hook` rows are never
     dropped.
+
+    `static=True` runs the fixed-shape loop (`_generate_static`): the same sampling with a KV cache of
+    fixed size and finished rows dropped in steps of batch-size buckets, so that on a GPU each decode
+    step is captured once as a CUDA graph (`cuda_graphs`) and replayed, with no host sync per token.
+    `static=None` (default) picks it for CUDA tensors; on the CPU the dynamic loop is faster.
     """
-    with torch.no_grad():
+    with torch.no_grad(), attention_backends(prompt_ids):
+        use_static = static if static is not None else prompt_ids.is_cuda
+        if fast and DynamicLayer is not None and use_static and logits_hook is None:
+            return _generate_static(
+                model, prompt_ids, prompt_mask, n_samples=n_samples, keys=keys, max_new_tokens=max_new_tokens,
+                eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, temperature=temperature, top_p=top_p,
+                top_k=top_k, graphs=cuda_graphs and prompt_ids.is_cuda,
+            )
         if fast and DynamicLayer is not None:
             return _generate_fast(
                 model, prompt_ids, prompt_mask, n_samples=n_samples, keys=keys, max_new_tokens=max_new_tokens,
@@ -368,13 +389,13 @@ _MIN_ROWS = 16
 
 def _generate_fast(
     model, prompt_ids, prompt_mask, *, n_samples, keys, max_new_tokens, eos_token_ids, pad_token_id,
-    temperature=1.0, top_p=1.0, top_k=0, logits_hook=None,
+    temperature=1.0, top_p=1.0, top_k=0, logits_hook=None, prefilled=None,
 ) -> Rollout:
     device = prompt_ids.device
     cache_kw = _cache_kwarg(model)
     P, Lp = prompt_ids.shape
     B = P * n_samples
-    last_logits, cache, position = _prefill(model, prompt_ids, prompt_mask)
+    last_logits, cache, position = prefilled or _prefill(model, prompt_ids, prompt_mask)
     if not _buffer_cache(cache, Lp + max_new_tokens, n_samples):  # a cache layer we do not know: plain loop
         return _generate_plain(
             model, prompt_ids, prompt_mask, n_samples=n_samples, keys=keys, max_new_tokens=max_new_tokens,
@@ -472,6 +493,236 @@ def _generate_fast(
     )
 
 
+# ----------------------------------------------------------------------
+# The static loop: fixed shapes, so that a GPU replays each decode step as one CUDA graph
+
+def attention_backends(like: torch.Tensor):
+    """SDPA backends for prorl's forwards: on CUDA, everything but cuDNN attention. PyTorch prefers
+    cuDNN on Hopper, and it builds an execution plan for every new (rows, length) shape, about 4.5 ms
+    of CPU each (measured on an H100): sampling that drops finished rows and micro-batches trimmed to
+    their longest completion see a new shape at nearly every call. Flash and memory-efficient
+    attention have no per-shape set-up. Elsewhere PyTorch's own choice stands."""
+    if not like.is_cuda:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+class _StaticLayer(DynamicLayer or object):
+    """Keys/values in a fixed [b, H, capacity, D] buffer. `update` writes the step's token at the column
+    held in the device tensor `column` and returns the whole buffer; the step's attention mask hides the
+    columns not written yet. So a decode step has the same shapes and addresses at every token."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, column: torch.Tensor):
+        super().__init__()
+        self.keys, self.values, self.column = keys, values, column
+        self.device = keys.device
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.keys.index_copy_(2, self.column, key_states.to(self.keys.dtype))
+        self.values.index_copy_(2, self.column, value_states.to(self.values.dtype))
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:  # not read: positions and the mask are always passed
+        return self.keys.shape[-2]
+
+
+def _static_cache_ok(model, cache) -> bool:
+    """The static loop hands the model a ready 4-D boolean mask, which SDPA attention takes as is, and
+    needs full-attention layers only (no sliding windows, no linear attention)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    layers = getattr(cache, "layers", None)
+    if not layers or getattr(cache, "offloading", False):
+        return False
+    return all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers)
+
+
+def _row_buckets(B: int) -> list[int]:
+    """Batch sizes the static loop runs at: B, then halves while at least `_MIN_ROWS` rows remain. One
+    CUDA graph per size, captured when the loop first shrinks to it."""
+    sizes = [B]
+    while (sizes[-1] + 1) // 2 >= _MIN_ROWS and sizes[-1] > _MIN_ROWS:
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
+
+# How many tokens the static loop runs between looks at how many rows are still generating: each look
+# waits for the GPU; rows that end in between run on (masked out) for at most this many tokens.
+_CHECK_EVERY = 8
+
+_graph_failures: set = set()  # models (by class) whose decode step could not be captured: warned once
+
+
+def _record_step(step, pool):
+    """Record `step` as a CUDA graph (nothing runs). The caller has just run it for real, which is the
+    warm-up a capture needs (lazy initialisation, autocast's cached weight casts)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(side):
+        graph.capture_begin(pool=pool, capture_error_mode="thread_local")  # other threads may touch CUDA meanwhile
+        try:
+            step()
+        finally:
+            graph.capture_end()
+    torch.cuda.current_stream().wait_stream(side)
+    return graph
+
+
+def _generate_static(
+    model, prompt_ids, prompt_mask, *, n_samples, keys, max_new_tokens, eos_token_ids, pad_token_id,
+    temperature=1.0, top_p=1.0, top_k=0, graphs=True,
+) -> Rollout:
+    """`_generate_fast`'s sampling with shapes that never change between tokens.
+
+    The KV cache is one zero-filled [B, H, Lp + max_new_tokens, D] buffer per layer; the per-row state
+    (next input token, position, attention mask over the buffer, uniforms, output row) lives in fixed
+    device tensors, and the token index, the KV column and the positions advance on the GPU. One decode
+    step (forward, NaN repair, sampling, log-prob, EOS bookkeeping, output writes) is thus a fixed
+    sequence of kernels on fixed addresses with no host sync: on CUDA it is captured once per batch
+    size and replayed. Every `_CHECK_EVERY` tokens the host reads how many rows are still generating;
+    when they fit the next bucket of `_row_buckets`, live rows move to the front of every buffer and
+    the loop continues on a prefix of the buffers (finished rows that fill the bucket run on, their
+    output masked). The same tokens as the dynamic loop; log-probs may differ in the last bits, as
+    attention also runs over the masked (zero) columns.
+    """
+    device = prompt_ids.device
+    cache_kw = _cache_kwarg(model)
+    P, Lp = prompt_ids.shape
+    B = P * n_samples
+    prefilled = _prefill(model, prompt_ids, prompt_mask)
+    last_logits, cache, position = prefilled
+    if not _static_cache_ok(model, cache):  # eager attention, sliding windows, ...: the dynamic loop
+        return _generate_fast(
+            model, prompt_ids, prompt_mask, n_samples=n_samples, keys=keys, max_new_tokens=max_new_tokens,
+            eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, temperature=temperature, top_p=top_p,
+            top_k=top_k, prefilled=prefilled,
+        )
+    capacity = Lp + max_new_tokens
+    # Under autocast, attention casts keys/values to the autocast dtype at every call; stored in that
+    # dtype they round the same way once, and the cache is half the size (rotary embeddings otherwise
+    # leave the keys in float32).
+    autocast = torch.is_autocast_enabled(device.type)
+    kv = []
+    for layer in cache.layers:
+        pair = []
+        for t in (layer.keys, layer.values):
+            dtype = torch.get_autocast_dtype(device.type) if autocast and t.is_floating_point() else t.dtype
+            buf = t.new_zeros((B, t.shape[1], capacity, t.shape[3]), dtype=dtype)  # zeros: masked columns stay finite
+            buf.view(P, n_samples, *buf.shape[1:])[:, :, :, :Lp].copy_(t.unsqueeze(1))
+            pair.append(buf)
+        kv.append(pair)
+    del cache, prefilled
+
+    # per batch row (buckets use a prefix of these)
+    tok_in = torch.zeros((B, 1), dtype=torch.long, device=device)
+    pos = position[:, -1:].repeat_interleave(n_samples, dim=0) + 1  # position of completion token 0
+    attn = torch.zeros((B, 1, 1, capacity), dtype=torch.bool, device=device)
+    attn[:, 0, 0, :Lp] = prompt_mask.repeat_interleave(n_samples, dim=0).bool()
+    uniforms = _uniform_table(keys, max_new_tokens)
+    rows = torch.arange(B, device=device)  # batch row -> output row
+    live = torch.ones(B, dtype=torch.bool, device=device)
+    # per output row
+    tokens_out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    logp_out = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
+    done_at = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    repaired = torch.zeros((), dtype=torch.long, device=device)
+    # advanced on the device by every step
+    t_now = torch.zeros(1, dtype=torch.long, device=device)  # the token index being sampled
+    column = torch.full((1,), Lp, dtype=torch.long, device=device)  # KV column of the token being forwarded
+
+    eos_list = sorted(set(int(e) for e in eos_token_ids))
+    eos = torch.tensor(eos_list, device=device)
+    filtering = bool(top_k and top_k < last_logits.size(-1)) or top_p < 1.0
+
+    def record(logits, b):
+        """Sample token `t_now` for the first b batch rows from their logits [b, V] and book it."""
+        logits, bad = repair_logits(logits.float())
+        repaired.add_(bad)
+        scaled = logits if temperature == 1.0 else logits / temperature  # x / 1.0 == x exactly
+        logp_all = torch.log_softmax(scaled, dim=-1)
+        tok = sample_tokens(filter_logits(scaled, top_k, top_p) if filtering else scaled,
+                            uniforms[:b].index_select(1, t_now).squeeze(1))
+        lp = logp_all.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+        r, col = rows[:b], t_now.expand(b)
+        tokens_out.index_put_((r, col), tok)
+        logp_out.index_put_((r, col), lp.float())
+        hit = (tok == eos_list[0] if len(eos_list) == 1 else torch.isin(tok, eos)) & live[:b]
+        done_at.index_put_((r,), torch.where(hit, t_now + 1, done_at.index_select(0, r)))
+        finished.index_put_((r,), finished.index_select(0, r) | hit)
+        live[:b].logical_and_(~hit)
+        tok_in[:b].copy_(tok.unsqueeze(-1))
+        t_now.add_(1)
+
+    def make_step(b):
+        step_cache = DynamicCache()
+        step_cache.layers = [_StaticLayer(k[:b], v[:b], column) for k, v in kv]
+        mask = attn[:b]  # 4-D: transformers passes a ready mask to attention as is
+
+        def step():
+            attn[:b].index_fill_(3, column, True)
+            out = model(input_ids=tok_in[:b], attention_mask=mask, position_ids=pos[:b], use_cache=True,
+                        **{cache_kw: step_cache})
+            record(out.logits[:, -1, :], b)
+            pos[:b].add_(1)
+            column.add_(1)
+
+        return step
+
+    record(last_logits.repeat_interleave(n_samples, dim=0), B)  # token 0, from the prefill
+    del last_logits
+
+    buckets = _row_buckets(B)
+    b = B
+    step, graph, pool = make_step(b), None, None
+    captured = []  # every graph stays alive until the end: later captures share the first one's memory pool
+    use_graphs = graphs and type(model) not in _graph_failures
+    for t in range(1, max_new_tokens):
+        if t % _CHECK_EVERY == 1:
+            n_live = int(live[:b].sum())
+            if n_live == 0:
+                break
+            nb = min(s for s in buckets if s >= n_live)
+            if nb < b:  # live rows to the front; the smaller bucket runs on a prefix of every buffer
+                order = torch.cat([live[:b].nonzero().squeeze(1), (~live[:b]).nonzero().squeeze(1)])[:nb]
+                for x in [tok_in, pos, attn, uniforms, rows, live] + [buf for pair in kv for buf in pair]:
+                    x[:nb].copy_(x[:b][order])
+                b = nb
+                step, graph = make_step(b), None
+        if graph is not None:
+            graph.replay()
+            continue
+        step()  # token t
+        if use_graphs:
+            try:
+                graph = _record_step(step, pool)
+                captured.append(graph)
+                pool = graph.pool()
+            except Exception as err:  # a forward that syncs or branches on data: go on without graphs
+                _graph_failures.add(type(model))
+                use_graphs = False
+                logging.getLogger(__name__).warning(
+                    "could not capture %s's decode step as a CUDA graph (%s: %s); sampling goes on without graphs "
+                    "(cuda_graphs: false skips the attempt)", type(model).__name__, type(err).__name__, err)
+
+    length = int(done_at.max())
+    mask = torch.arange(length, device=device).unsqueeze(0) < done_at.unsqueeze(1)  # up to and with EOS
+    return Rollout(
+        prompt_ids=prompt_ids.repeat_interleave(n_samples, dim=0),
+        prompt_mask=prompt_mask.repeat_interleave(n_samples, dim=0),
+        completion_ids=torch.where(mask, tokens_out[:, :length], pad_token_id),
+        completion_mask=mask.long(),
+        logprobs=torch.where(mask, logp_out[:, :length], 0.0),
+        truncated=~finished,
+        repaired_rows=int(repaired),
+    )
+
+
 def completion_logprobs(
     model,
     prompt_ids: torch.Tensor,
@@ -496,9 +747,30 @@ def completion_logprobs(
     shares when that saves at least 10% of the tokens and the model is a plain (or PEFT) transformers
     model without activation checkpointing (not DDP/FSDP/DeepSpeed-wrapped); True/False force it.
     """
+    with attention_backends(prompt_ids):
+        return _completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                    temperature=temperature, with_entropy=with_entropy, share_prompts=share_prompts)
+
+
+def _completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature,
+                         with_entropy, share_prompts):
     from .algos import entropy_from_logits, token_logprobs
 
     Lc = completion_ids.size(1)
+    parts = _decoder_and_head(model)
+    if parts is None:  # FSDP / DeepSpeed: the output head is sharded outside the forward; all logits at once
+        ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        position = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False, logits_to_keep=Lc + 1).logits
+        logits = logits[:, :-1, :]
+        logp = token_logprobs(logits, completion_ids, temperature)
+        if not with_entropy:
+            return logp
+        with torch.no_grad():
+            return logp, entropy_from_logits(logits.detach(), temperature)
+
+    decoder, head = parts
     groups = None
     if share_prompts is not False and Lc > 0:
         groups = _prompt_groups(prompt_ids, prompt_mask)
@@ -508,31 +780,99 @@ def completion_logprobs(
             if saved * 10 < B * (Lp + Lc) or not _can_share_prompts(model):
                 groups = None
     if groups is not None:
-        first_logits, rest_logits = _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *groups)
-        logp = torch.cat([
-            token_logprobs(first_logits, completion_ids[:, :1], temperature),
-            token_logprobs(rest_logits, completion_ids[:, 1:], temperature),
-        ], dim=1)
-        if not with_entropy:
-            return logp
-        with torch.no_grad():
-            entropy = torch.cat([
-                entropy_from_logits(first_logits.detach(), temperature),
-                entropy_from_logits(rest_logits.detach(), temperature),
-            ], dim=1)
-        return logp, entropy
+        hidden = _shared_prompt_hidden(decoder, prompt_ids, prompt_mask, completion_ids, completion_mask, *groups)
+    else:
+        ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        position = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if decoder is None:  # DDP: through the wrapper, whose gradient hooks need its own forward
+            out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False,
+                        output_hidden_states=True, logits_to_keep=1)
+            hidden = out.hidden_states[-1]  # after the final norm: what the head reads
+        else:
+            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False).last_hidden_state
+        hidden = hidden[:, hidden.size(1) - Lc - 1 : hidden.size(1) - 1]  # the positions that predict the completion
+    return head_logprobs(head, hidden, completion_ids, temperature, with_entropy=with_entropy)
 
-    ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    position = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False, logits_to_keep=Lc + 1).logits
-    logits = logits[:, :-1, :]
-    logp = token_logprobs(logits, completion_ids, temperature)
-    if not with_entropy:
-        return logp
-    with torch.no_grad():
-        entropy = entropy_from_logits(logits.detach(), temperature)
-    return logp, entropy
+
+# At most this many logits (rows x vocabulary) exist at once in `head_logprobs`: 128 MB in float32.
+_LOGIT_BUDGET = 2**25
+
+
+def head_logprobs(head, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0, *, with_entropy: bool = False):
+    """Log-probs of `tokens` under `softmax(head(hidden) / temperature)`, without the whole logit tensor.
+
+    head: the output layer ([*, H] -> [*, V]); hidden [B, T, H]; tokens [B, T] -> logp [B, T] float32
+    (and entropy [B, T], no gradient, when asked). The B*T positions run through the head in chunks
+    of at most `_LOGIT_BUDGET // V` rows; under autograd each chunk's logits are recomputed in the
+    backward (`torch.utils.checkpoint`) instead of kept. So memory grows with B x T x H, not with
+    B x T x V: at a 152k vocabulary, 8k-token completions would otherwise hold ~5 GB of float32
+    logits per sequence. When everything fits one chunk this is exactly `token_logprobs(head(hidden))`.
+    """
+    from .algos import entropy_from_logits, token_logprobs
+
+    B, T, H = hidden.shape
+    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    per_chunk = max(1, _LOGIT_BUDGET // vocab)
+
+    def chunk(h, t):
+        logits = head(h)
+        logp = token_logprobs(logits, t, temperature)
+        if not with_entropy:
+            return logp, None
+        with torch.no_grad():
+            return logp, entropy_from_logits(logits.detach(), temperature)
+
+    if B * T <= per_chunk:
+        logp, entropy = chunk(hidden, tokens)
+        return (logp, entropy) if with_entropy else logp
+    flat_h, flat_t = hidden.reshape(B * T, H), tokens.reshape(B * T)
+    recompute = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    logps, entropies = [], []
+    for i in range(0, B * T, per_chunk):
+        h, t = flat_h[i : i + per_chunk], flat_t[i : i + per_chunk]
+        if recompute:
+            lp, ent = torch.utils.checkpoint.checkpoint(chunk, h, t, use_reentrant=False)
+        else:
+            lp, ent = chunk(h, t)
+        logps.append(lp)
+        entropies.append(ent)
+    logp = torch.cat(logps).view(B, T)
+    return (logp, torch.cat(entropies).view(B, T)) if with_entropy else logp
+
+
+def _decoder_and_head(model):
+    """(decoder, output head) for computing completion log-probs from hidden states; decoder None means
+    "run the wrapper's forward and take its last hidden state" (DDP, whose gradient hooks need its own
+    forward). None: a sharded wrapper (FSDP, DeepSpeed), or a model whose logits are not simply
+    head(decoder(...)) (soft-capping, logit scaling): then the full forward is used."""
+    from transformers import PreTrainedModel
+
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    inner = model.module if ddp else model
+    target = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PEFT
+    if not isinstance(target, PreTrainedModel) or not hasattr(target, "get_decoder"):
+        return None
+    head, decoder = target.get_output_embeddings(), target.get_decoder()
+    if head is None or decoder is None or any(type(p).__name__ == "DTensor" for p in target.parameters()):
+        return None
+    if not _head_split_holds(target, decoder, head):
+        return None
+    return (None if ddp else decoder), head
+
+
+def _head_split_holds(target, decoder, head) -> bool:
+    """Whether target's logits equal head(decoder(...)) on a short input: checked once per model."""
+    known = target.__dict__.get("_prorl_head_split")
+    if known is None:
+        param = next(target.parameters())
+        ids = torch.arange(1, 5, device=param.device).clamp(max=target.config.get_text_config().vocab_size - 1)[None]
+        with torch.no_grad():
+            full = target(input_ids=ids, use_cache=False).logits.float()
+            split = head(decoder(input_ids=ids, use_cache=False).last_hidden_state).float()
+        known = full.shape == split.shape and torch.allclose(full, split, rtol=1e-3, atol=1e-4)
+        target.__dict__["_prorl_head_split"] = bool(known)
+    return known
 
 
 def _prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
@@ -566,16 +906,16 @@ def _can_share_prompts(model) -> bool:
     return not any(type(p).__name__ == "DTensor" for p in target.parameters())
 
 
-def _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, first, group):
-    """Logits predicting completion token 0 ([B, 1, V]) and tokens 1.. ([B, Lc-1, V]), each unique
-    prompt run once."""
-    cache_kw = _cache_kwarg(model)
+def _shared_prompt_hidden(decoder, prompt_ids, prompt_mask, completion_ids, completion_mask, first, group):
+    """Final hidden states at the positions predicting completion tokens 0..Lc-1 ([B, Lc, H]), each
+    unique prompt run once through `decoder` (the transformers base model without its head)."""
+    cache_kw = _cache_kwarg(decoder)
     Lp = prompt_ids.size(1)
     mask = torch.cat([prompt_mask, completion_mask], dim=1)
     position = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    pre = model(
+    pre = decoder(
         input_ids=prompt_ids[first], attention_mask=prompt_mask[first], position_ids=position[first, :Lp],
-        use_cache=True, logits_to_keep=1, **{cache_kw: DynamicCache()},
+        use_cache=True, **{cache_kw: DynamicCache()},
     )
     cache = _returned_cache(pre)
     layers = getattr(cache, "layers", None)
@@ -585,12 +925,14 @@ def _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, comple
             "full attention); pass share_prompts=False"
         )
     cache.batch_select_indices(group)  # each row reads its group's prompt keys/values (grads summed back)
-    first_logits = pre.logits[:, -1:, :][group]
-    out = model(
-        input_ids=completion_ids, attention_mask=mask, position_ids=position[:, Lp:], use_cache=True,
-        logits_to_keep=completion_ids.size(1), **{cache_kw: cache},
+    first_hidden = pre.last_hidden_state[:, -1:, :][group]
+    if completion_ids.size(1) == 1:
+        return first_hidden
+    out = decoder(
+        input_ids=completion_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position[:, Lp:-1], use_cache=True,
+        **{cache_kw: cache},
     )
-    return first_logits, out.logits[:, :-1, :]
+    return torch.cat([first_hidden, out.last_hidden_state], dim=1)
 
 
 def concat_rollouts(parts: list[Rollout], *, pad_token_id: int) -> Rollout:

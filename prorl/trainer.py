@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import math
@@ -224,6 +225,10 @@ class _Round:
     all_groups: torch.Tensor  # [n_global]
     offset: int  # where this process's rows start in the gathered tensors
     take: int  # prompts drawn (global)
+
+
+# Micro-batches merged into one no-grad (reference / old-policy) pass; see `Trainer._update`.
+_NOGRAD_MERGE = 4
 
 
 def _first_groups(groups: torch.Tensor, usable: torch.Tensor, limit: int) -> torch.Tensor:
@@ -495,7 +500,7 @@ class Trainer:
         if an update happened since it last did (collective under FSDP/ZeRO-3: `policy` is gathered)."""
         if self.engine is None:
             with self.acc.autocast():
-                yield generate
+                yield functools.partial(generate, cuda_graphs=self.cfg.cuda_graphs)
             return
         if self.engine.synced_version != self.weights_version:
             from .vllm_rollout import policy_weights
@@ -661,24 +666,32 @@ class Trainer:
         if cfg.activation_checkpointing:
             mark_layers_for_recompute(acc.unwrap_model(self.model))
 
+        # Row lengths and first prompt columns on the host, once: trimming a micro-batch then needs no
+        # GPU sync (three per micro-batch otherwise, each draining the queue the CPU is racing to fill).
+        lengths = ro.completion_mask.sum(1)
+        pm = ro.prompt_mask.bool()
+        first_col = torch.where(pm.any(1), pm.long().argmax(1), pm.size(1)).tolist()
+        length_of = lengths.tolist()
+
         def rows(idx):
             # an empty micro-batch still runs a pass on one row (weight 0) so collectives stay matched
             return idx if idx.numel() else torch.zeros(1, dtype=torch.long, device=self.device)
 
-        def inputs(idx):
+        def inputs(idx, host_rows):
             # columns that are padding in every row of the micro-batch are cut: less compute, same math
+            host_rows = host_rows or [0]
+            p0 = min(first_col[i] for i in host_rows)
+            p0 = 0 if p0 == pm.size(1) else p0
+            lc = max(max(length_of[i] for i in host_rows), 1)
             r = rows(idx)
-            pm, cm = ro.prompt_mask[r], ro.completion_mask[r]
-            p0 = int(pm.any(0).long().argmax()) if bool(pm.any()) else 0
-            lc = max(int(cm.sum(1).max()), 1)
-            return ro.prompt_ids[r, p0:], pm[:, p0:], ro.completion_ids[r, :lc], cm[:, :lc]
+            return ro.prompt_ids[r, p0:], ro.prompt_mask[r, p0:], ro.completion_ids[r, :lc], ro.completion_mask[r, :lc]
 
-        plan = []  # (micro-batches, global tokens, global sequences) per mini-batch
-        lengths = ro.completion_mask.sum(1)
+        plan = []  # (micro-batches as (device rows, host rows), global tokens, global sequences) per mini-batch
         for chunk in torch.tensor_split(kept, cfg.mini_batches):
             counts = torch.tensor([float(lengths[chunk].sum()), float(chunk.numel())], device=self.device)
             tokens, seqs = dist.global_sum(acc, counts).tolist()
-            plan.append((self._micro_batches(chunk, lengths), tokens, seqs))
+            micro = self._micro_batches(chunk, lengths)
+            plan.append(([(idx, idx.tolist()) for idx in micro], tokens, seqs))
 
         # log-probs of the frozen reference, and of the sampling policy when the update goes off-policy
         off_policy = cfg.updates_per_batch * cfg.mini_batches > 1
@@ -686,14 +699,26 @@ class Trainer:
         ref_logp, old_logp = {}, {}
         with torch.no_grad():
             for c, (micro, _, _) in enumerate(plan):
-                for j, idx in enumerate(micro):
-                    # built per pass, not kept for the whole update: at scale they are a sizeable copy of the rollout
-                    args = inputs(idx)
-                    if kl_in_loss:
-                        ref_logp[c, j] = self._reference_logprobs(*args, **fwd)
+                # Without autograd a pass keeps no activations, so _NOGRAD_MERGE micro-batches run as one
+                # pass (a fraction of the update's memory, a quarter of the launches); each gets its rows back.
+                for j0 in range(0, len(micro), _NOGRAD_MERGE):
+                    part = micro[j0 : j0 + _NOGRAD_MERGE]
+                    idx = torch.cat([rows(i) for i, _ in part])
+                    host = [r for _, h in part for r in (h or [0])]
+                    args = inputs(idx, host)  # built per pass, not kept for the whole update: at scale they are a sizeable copy of the rollout
+                    ref = self._reference_logprobs(*args, **fwd) if kl_in_loss else None
+                    old = None
                     if off_policy:
                         with acc.autocast():
-                            old_logp[c, j] = completion_logprobs(self.model, *args, **fwd)
+                            old = completion_logprobs(self.model, *args, **fwd)
+                    start = 0
+                    for j, (_, h) in enumerate(part, start=j0):
+                        n, lc = max(len(h), 1), max(max(length_of[r] for r in h or [0]), 1)  # as `inputs` cuts it
+                        if ref is not None:
+                            ref_logp[c, j] = ref[start : start + n, :lc]
+                        if old is not None:
+                            old_logp[c, j] = old[start : start + n, :lc]
+                        start += n
 
         scale = dist.grad_average_correction(acc)
         sums = torch.zeros(5, device=self.device)  # loss, kl, clipped, entropy (token sums), tokens
@@ -705,8 +730,8 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(self.step, cfg)
                 self.optimizer.zero_grad(set_to_none=True)
-                for j, idx in enumerate(micro):
-                    args = inputs(idx)
+                for j, (idx, host_rows) in enumerate(micro):
+                    args = inputs(idx, host_rows)
                     mask = args[3].float() * (1.0 if idx.numel() else 0.0)
                     last = j == len(micro) - 1
                     with contextlib.nullcontext() if last else acc.no_sync(self.model):

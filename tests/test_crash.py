@@ -303,10 +303,11 @@ def test_nan_logits_skip_the_update_then_abort_and_keep_the_last_checkpoint(tmp_
 
     def poison(module, args, output):
         if tr.step >= 2:  # during step 3 and later
-            output.logits = output.logits * float("nan")
+            return output * float("nan")
         return output
 
-    tr.model.register_forward_hook(poison)
+    # on the output layer: sampling runs the whole model, the update runs the head on hidden-state chunks
+    tr.model.get_output_embeddings().register_forward_hook(poison)
     with pytest.raises(TrainingAborted) as err:
         tr.train()
     message = str(err.value)
@@ -358,7 +359,8 @@ def test_out_of_memory_is_one_line_naming_the_option(tmp_path, tiny_model, phase
 
     tr = Trainer(load_config(None, dict(RUN, output_dir=str(tmp_path / "out"), kl_beta=0.0, save_every=0,
                                         reward_funcs=ALTERNATING)))
-    tr.model.register_forward_pre_hook(_raise_oom_when(grad_enabled), with_kwargs=True)
+    # the transformer body: what every forward (sampling, reference, update) runs
+    tr.model.get_decoder().register_forward_pre_hook(_raise_oom_when(grad_enabled), with_kwargs=True)
     with pytest.raises(TrainingAborted) as err:
         tr.train()
     message = str(err.value)

@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) are a real distributed run: the same loop must give the same result."""
+"""Two CPU processes (gloo) are a real distributed run: the same loop must give the same result.
+The processes see no GPU even on a machine that has one (`launch()` hides it): these are CPU tests."""
 
 import json
 import os
@@ -36,7 +37,8 @@ def launch(nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedPr
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_addr", "127.0.0.1", "--master_port", str(_port()), *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # CPU processes (gloo) also where a GPU is visible: one GPU cannot hold two ranks' devices
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr[-3000:]}"
     return r

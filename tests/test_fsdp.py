@@ -161,9 +161,10 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    """A hang (e.g. a collective only some processes reach) fails through the timeout."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+def _run(cmd: list[str], timeout: int = 600, cpu: bool = True) -> subprocess.CompletedProcess:
+    """A hang (e.g. a collective only some processes reach) fails through the timeout. cpu=True: the
+    processes see no GPU (two CPU processes with gloo, also on a machine that has one GPU)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **({"CUDA_VISIBLE_DEVICES": ""} if cpu else {}))
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr[-4000:]}"
     return r
@@ -300,6 +301,6 @@ def test_fsdp_yaml_on_two_gpus(tmp_path):
 
     _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/fsdp.yaml", "--num_processes", "2",
           "--main_process_port", str(_port()), "-m", "prorl", "train",
-          *_opts(tmp_path / "gpu", max_steps=2, save_every=1, ref_reset_every=1)])
+          *_opts(tmp_path / "gpu", max_steps=2, save_every=1, ref_reset_every=1)], cpu=False)
     assert [x["step"] for x in metrics(tmp_path / "gpu")] == [1, 2]
     AutoModelForCausalLM.from_pretrained(tmp_path / "gpu" / "checkpoint-000002")

@@ -32,7 +32,7 @@ def test_rl_raises_reward_and_heldout_accuracy(tmp_path, tiny_model):
     columns = {"answer": [trainer.dataset[i]["answer"] for i in rows]}
     tokenize = trainer._tokenize_prompts
     kw = dict(acc=trainer.acc, n=4, ks=[1], max_length=cfg.max_length, eos_token_ids=trainer.eos_ids, tokenize=tokenize)
-    base, _ = load_model_and_tokenizer(cfg)
+    base = load_model_and_tokenizer(cfg)[0].to(trainer.device)
     r0 = evaluate(base, trainer.tokenizer, prompts, columns, trainer.rewards, **kw)["reward_mean"]
     r1 = evaluate(trainer.acc.unwrap_model(trainer.model), trainer.tokenizer, prompts, columns, trainer.rewards, **kw)["reward_mean"]
     assert r1 - r0 >= 0.03, (r0, r1)

@@ -184,7 +184,7 @@ def _one_step_with_grads(tmp_path, model_dir, **overrides):
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in tr.reference.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
+            p.add_(0.02 * torch.randn(p.shape, generator=g).to(p.device))
     grads, step = [], tr._optimizer_step
 
     def spy():  # records the accumulated gradient, then runs the real optimizer step
@@ -366,7 +366,7 @@ def test_kl_in_reward_shifts_rewards_and_leaves_the_loss(tmp_path, model_dir):
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in tr.reference.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
+            p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.device))
     r = tr._sample_round(tr.cfg.batch_size)
     ro = r.rollout
     with torch.no_grad():
@@ -390,7 +390,7 @@ def test_kl_in_reward_does_not_turn_zero_signal_groups_into_signal(tmp_path, mod
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in tr.reference.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
+            p.add_(0.02 * torch.randn(p.shape, generator=g).to(p.device))
     m = tr.train_step()
     assert m["skipped_groups"] == m["groups"] and m["trained_samples"] == 0
 

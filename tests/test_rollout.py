@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from prorl.rollout import (
@@ -278,8 +279,8 @@ def test_shared_prompt_logprobs_and_gradients_match_the_full_forward(model):
 
 def test_prompt_sharing_is_chosen_only_when_it_pays(model, monkeypatch):
     calls = []
-    shared = rollout_mod._shared_prompt_logits
-    monkeypatch.setattr(rollout_mod, "_shared_prompt_logits", lambda *a: (calls.append(1), shared(*a))[1])
+    shared = rollout_mod._shared_prompt_hidden
+    monkeypatch.setattr(rollout_mod, "_shared_prompt_hidden", lambda *a: (calls.append(1), shared(*a))[1])
     ids, mask = prompts()
     comp, cmask = _completions(12, 3)
     rep = torch.arange(3).repeat_interleave(4)
@@ -293,3 +294,207 @@ def test_prompt_sharing_is_chosen_only_when_it_pays(model, monkeypatch):
         completion_logprobs(model, ids[rep], mask[rep], long_comp, long_mask)  # saves < 10% of the tokens
     assert calls == [1]
     assert not rollout_mod._can_share_prompts(torch.nn.Linear(2, 2))  # wrappers/other modules: full forward
+
+
+# ----------------------------------------------------------------------
+# The static (CUDA-graph) loop, exercised on the CPU
+
+_SYNCING_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique_consecutive", "_unique2", "equal", "is_nonzero"}
+
+
+class _NoHostSync(TorchDispatchMode):
+    """Fails on every op that reads a value back to the host (on a GPU: a sync; inside a graph: an error)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        if name in _SYNCING_OPS:
+            raise AssertionError(f"host sync inside the decode step: aten::{name}")
+        return func(*args, **(kwargs or {}))
+
+
+class _ReplayOnCpu:
+    """Stands in for a captured CUDA graph: replay() re-runs the recorded step, under _NoHostSync."""
+
+    captured = 0
+
+    def __init__(self, step):
+        self.step = step
+        _ReplayOnCpu.captured += 1
+
+    def replay(self):
+        with _NoHostSync():
+            self.step()
+
+    def pool(self):
+        return None
+
+
+@pytest.mark.parametrize("kw", [
+    dict(temperature=1.0, n_samples=16, eos_token_ids=[1, 5, 7]),  # 48 rows: shrinks to the 24-row bucket
+    dict(temperature=0.7, n_samples=32, eos_token_ids=[1, 5]),  # 96 -> 48 -> 24
+    dict(temperature=1.3, top_p=0.9, top_k=5, n_samples=8, eos_token_ids=[1]),
+])
+def test_static_loop_samples_what_the_plain_loop_samples(model, one_thread, kw):
+    ids, mask = prompts()  # left-padded
+    n = kw["n_samples"]
+    kw = dict(dict(keys=_group_keys(3, n), max_new_tokens=40, pad_token_id=0), **kw)
+    static = generate(model, ids, mask, static=True, **kw)
+    plain = generate(model, ids, mask, fast=False, **kw)
+    # attention also runs over the (masked, zero) columns not written yet: log-probs agree to rounding
+    _assert_same_rollout(static, plain, exact_logprobs=False)
+    assert static.truncated.any() and not static.truncated.all()
+
+
+def test_static_loop_drops_finished_rows_into_smaller_buckets(model, one_thread, monkeypatch):
+    assert rollout_mod._row_buckets(256) == [256, 128, 64, 32, 16]
+    assert rollout_mod._row_buckets(96) == [96, 48, 24]
+    assert rollout_mod._row_buckets(24) == [24] and rollout_mod._row_buckets(7) == [7]
+    made = []
+    real = rollout_mod._StaticLayer.__init__
+    monkeypatch.setattr(rollout_mod._StaticLayer, "__init__", lambda self, k, v, c: (made.append(k.shape[0]), real(self, k, v, c))[1])
+    ids, mask = prompts()
+    ro = generate(model, ids, mask, static=True, n_samples=32, keys=_group_keys(3, 32), max_new_tokens=40,
+                  eos_token_ids=[1, 5], pad_token_id=0)
+    sizes = sorted(set(made), reverse=True)
+    assert sizes[0] == 96 and len(sizes) > 1 and sizes[-1] >= rollout_mod._MIN_ROWS  # it did shrink
+    assert ro.completion_mask.sum() < 96 * 40
+
+
+def test_graph_step_has_no_host_sync_and_replays_give_the_same_rollout(model, one_thread, monkeypatch):
+    """The step that a GPU captures, 'replayed' on the CPU under a mode that fails on any host read:
+    what CUDA graph capture needs (no sync, no data-dependent Python) and the same rollout."""
+    monkeypatch.setattr(rollout_mod, "_record_step", lambda step, pool: _ReplayOnCpu(step))
+    _ReplayOnCpu.captured = 0
+    ids, mask = prompts()
+    kw = dict(n_samples=32, keys=_group_keys(3, 32), max_new_tokens=40, eos_token_ids=[1, 5], pad_token_id=0,
+              temperature=0.9, top_p=0.95, top_k=10)
+    graphed = rollout_mod._generate_static(model, ids, mask, graphs=True, **kw)
+    eager = rollout_mod._generate_static(model, ids, mask, graphs=False, **kw)
+    assert _ReplayOnCpu.captured >= 2  # one per bucket
+    _assert_same_rollout(graphed, eager)
+    _assert_same_rollout(graphed, generate(model, ids, mask, fast=False, **kw), exact_logprobs=False)
+
+
+def test_static_loop_repairs_nan_logits_without_a_sync(one_thread):
+    logits = torch.tensor([[0.0, 1.0, 2.0], [NAN, 1.0, 2.0], [INF, 1.0, INF], [-INF, -INF, -INF]])
+    with _NoHostSync():
+        out, rows = rollout_mod.repair_logits(logits)
+    assert int(rows) == 3
+    assert torch.equal(out, sanitize_logits(logits)[0]) and torch.equal(out[0], logits[0])
+
+
+def test_static_loop_falls_back_for_models_it_cannot_run(one_thread):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=24, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, eos_token_id=1, pad_token_id=0)
+    eager_attn = LlamaForCausalLM(cfg).eval()
+    eager_attn.config._attn_implementation = "eager"  # takes additive float masks, not the static loop's boolean one
+    ids, mask = prompts()
+    kw = dict(n_samples=4, keys=_group_keys(3, 4), max_new_tokens=12, eos_token_ids=[1], pad_token_id=0)
+    _assert_same_rollout(generate(eager_attn, ids, mask, static=True, **kw), generate(eager_attn, ids, mask, fast=False, **kw))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU (this test runs in launch/gpu_check.sh)")
+@pytest.mark.parametrize("bf16", [False, True])
+def test_cuda_graph_decode_matches_the_eager_static_loop(bf16):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, eos_token_id=1, pad_token_id=0)
+    gpu = LlamaForCausalLM(cfg).cuda().eval()
+    ids, mask = prompts()
+    ids, mask = ids.cuda(), mask.cuda()
+    kw = dict(n_samples=32, keys=_group_keys(3, 32).cuda(), max_new_tokens=48, eos_token_ids=[1, 5, 7], pad_token_id=0)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        graphed = generate(gpu, ids, mask, **kw)  # static + graphs: the default on CUDA
+        eager = generate(gpu, ids, mask, cuda_graphs=False, **kw)
+        dynamic = generate(gpu, ids, mask, static=False, **kw)
+    assert type(gpu) not in rollout_mod._graph_failures
+    _assert_same_rollout(graphed, eager)  # the same kernels, replayed
+    assert graphed.truncated.any() and not graphed.truncated.all()
+    if not bf16:  # float32: the dynamic loop samples the same tokens
+        _assert_same_rollout(graphed, dynamic, exact_logprobs=False)
+
+
+# ----------------------------------------------------------------------
+# Completion log-probs through the output head in chunks
+
+def _largest_logits(fn, vocab, hidden):
+    """Run fn; return the largest element count of any logits-shaped tensor (last dimension `vocab`,
+    not the [hidden, vocab] head weight itself) that it made."""
+    seen = [0]
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == vocab and tuple(t.shape) != (hidden, vocab):
+                    seen[0] = max(seen[0], t.numel())
+            return out
+
+    with Watch():
+        fn()
+    return seen[0]
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_chunked_head_logprobs_match_full_logits_with_gradients(model, monkeypatch, share):
+    ids, mask = prompts()
+    rep = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 0])
+    ids, mask = ids[rep], mask[rep]
+    comp, cmask = _completions(10, 7)
+    V = model.config.vocab_size
+    out = {}
+    for budget in (2**25, 3 * V):  # one chunk, or 3 positions at a time (24 chunks)
+        monkeypatch.setattr(rollout_mod, "_LOGIT_BUDGET", budget)
+        model.zero_grad()
+        logp, ent = completion_logprobs(model, ids, mask, comp, cmask, temperature=0.7, with_entropy=True, share_prompts=share)
+        (logp * cmask).sum().backward()
+        out[budget] = logp.detach(), ent, {n: p.grad.clone() for n, p in model.named_parameters()}
+    monkeypatch.setattr(rollout_mod, "_decoder_and_head", lambda m: None)  # the full-logits forward
+    model.zero_grad()
+    logp, ent = completion_logprobs(model, ids, mask, comp, cmask, temperature=0.7, with_entropy=True, share_prompts=False)
+    (logp * cmask).sum().backward()
+    full = logp.detach(), ent, {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    m = cmask.bool()
+    for got in out.values():
+        assert torch.allclose(got[0][m], full[0][m], rtol=0, atol=1e-5)
+        assert torch.allclose(got[1][m], full[1][m], rtol=0, atol=1e-5)
+        for name, g in full[2].items():
+            assert torch.allclose(got[2][name], g, rtol=1e-4, atol=1e-6), name
+
+
+def test_chunked_logprobs_never_hold_every_position_logits(model, monkeypatch):
+    V = model.config.vocab_size
+    monkeypatch.setattr(rollout_mod, "_LOGIT_BUDGET", 4 * V)  # 4 positions' logits at a time
+    ids, mask = prompts()
+    comp, cmask = _completions(3, 30)
+
+    def train_pass():
+        logp = completion_logprobs(model, ids, mask, comp, cmask, share_prompts=False)
+        (logp * cmask).sum().backward()
+
+    H = model.config.hidden_size
+    chunked = _largest_logits(train_pass, V, H)
+    monkeypatch.setattr(rollout_mod, "_decoder_and_head", lambda m: None)
+    full = _largest_logits(train_pass, V, H)
+    model.zero_grad()
+    assert full >= 3 * 30 * V  # the old path: [rows, length, V] at once
+    assert chunked <= 4 * V  # forward and backward: one chunk's logits at a time
+
+
+def test_models_whose_logits_are_not_head_of_decoder_use_the_full_forward(model):
+    from transformers import PreTrainedModel
+
+    assert rollout_mod._decoder_and_head(model) is not None
+    assert rollout_mod._decoder_and_head(torch.nn.Linear(2, 2)) is None
+
+    class Capped(LlamaForCausalLM):  # e.g. Cohere's logit_scale, Gemma-2's soft-capping: after the head
+        def forward(self, *a, **kw):
+            out = super().forward(*a, **kw)
+            out.logits = 2 * torch.tanh(out.logits * 4)
+            return out
+
+    torch.manual_seed(0)
+    capped = Capped(model.config).eval()
+    assert isinstance(capped, PreTrainedModel) and rollout_mod._decoder_and_head(capped) is None

@@ -17,7 +17,7 @@ from .conftest import REPO, small_run
 
 
 def _params(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def test_run_saves_loadable_checkpoints_and_metrics(tmp_path, tiny_model):
