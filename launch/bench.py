@@ -46,8 +46,9 @@ Batch semantics (TRL counts completions, prorl counts prompts):
            gradient_checkpointing=False (TRL's default is True; prorl's `activation_checkpointing` defaults to off,
            so the like-for-like run turns it off: `--trl_checkpointing` keeps TRL's default)
 
-How it is timed: every system runs in its own fresh process, all started together and set up in
-parallel (model load, reference copy, optimizer) but run in LOCKSTEP: the driver lets one process
+How it is timed: every system runs in its own fresh process. On a GPU they run one after the other,
+each alone on the device (its peak memory is its own). On the CPU they are all started together and
+set up in parallel (model load, reference copy, optimizer) but run in LOCKSTEP: the driver lets one process
 do one optimizer step while the others wait, and alternates which goes first, so the phases of a
 loaded machine hit every system alike. A step is timed from "go" to the end of its optimizer step
 (prorl: one `Trainer.train_step()`: rollout, reward, reference log-probs, update; TRL: one
@@ -430,7 +431,21 @@ def _cpu_counters():
 
 
 def run_round(systems: list[str], pythons: dict, folder: Path, args) -> dict:
-    """All systems' workers set up in parallel, then step in lockstep; returns per-system steps and finals."""
+    """All systems' workers set up in parallel, then step in lockstep; returns per-system steps and finals.
+    On a GPU the systems run one after the other instead, each alone on the device: two copies of a
+    1.5B model with their references and Adam states do not fit one 80 GB GPU together, and each
+    system's peak memory must be its own."""
+    if args.device == "cuda":
+        steps, finals = {}, {}
+        for s in systems:
+            w = _Worker(s, pythons[s], folder, args)
+            try:
+                w.read()  # ready
+                steps[s] = [w.go() for _ in range(args.warmup + args.steps)]
+                finals[s] = w.go()
+            finally:
+                w.close()
+        return {"steps": steps, "finals": finals}
     workers = {s: _Worker(s, pythons[s], folder, args) for s in systems}
     try:
         for w in workers.values():
@@ -465,8 +480,8 @@ def _flops_per_step(info: dict, args, completion_tokens: float, system: str | No
     forward+backward (6N) over every sequence's prompt and completion tokens.
     system="prorl"/"plain"/"trl": what that system executes. TRL's generate prefills every row's
     prompt (a prompt n_samples times); prorl prefills a prompt once per group, and its
-    `completion_logprobs` runs a micro-batch's repeated prompts once when that saves >= 10% of the
-    micro-batch's tokens ("plain" never shares in training).
+    `completion_logprobs` runs a micro-batch's repeated prompts once when that saves at least
+    `prompt_sharing_threshold` of the micro-batch's tokens ("plain" never shares in training).
     """
     N = info["flop_params"]
     P, n, lp = args.n_prompts, args.n_samples, args.prompt_len
@@ -474,11 +489,15 @@ def _flops_per_step(info: dict, args, completion_tokens: float, system: str | No
     prefill = B * lp if system == "trl" else P * lp
     train_prompt = B * lp
     if system == "prorl":
+        sys.path.insert(0, str(REPO_ROOT))
+        from prorl.rollout import prompt_sharing_threshold
+
+        threshold = prompt_sharing_threshold(args.device)
         train_prompt = 0
         for start in range(0, B, args.micro_batch):
             rows = min(args.micro_batch, B - start)
             groups = (start + rows - 1) // n - start // n + 1
-            shared = (rows - groups) * lp * 10 >= rows * (lp + args.max_new_tokens)
+            shared = (rows - groups) * lp >= threshold * rows * (lp + args.max_new_tokens)
             train_prompt += (groups if shared else rows) * lp
     return 2 * N * (prefill + completion_tokens) + (2 + 6) * N * (train_prompt + completion_tokens)
 

@@ -51,7 +51,7 @@ part() {
 XDIST=()
 "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "$("$PY" -c 'import os; print(min(12, os.cpu_count() or 1))')")
 case "$TESTS" in
-    all) part tests 120 60 "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" ;;
+    all) part tests 150 60 "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" ;;
     subset) part tests 90 30 "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" tests/test_rollout.py tests/test_trainer.py \
         tests/test_checkpoint.py tests/test_recipes_and_variants.py tests/test_learning.py tests/test_algos.py ;;
     none) ;;

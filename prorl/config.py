@@ -89,7 +89,7 @@ class Config:
     top_p: float = opt(1.0, "Nucleus sampling: keep the smallest token set with this probability mass.")
     top_k: int = opt(0, "Keep only the k most likely tokens when sampling (0 = off).")
     rollout_engine: str = opt("hf", "Sampler: hf (the built-in loop: NaN-safe, batch-layout-invariant, any device) or vllm (a vLLM engine colocated on each process's GPU, weights synced after every update; install vLLM yourself).", choices=ROLLOUT_ENGINES)
-    cuda_graphs: bool = opt(True, "With rollout_engine=hf on a GPU: sample in fixed-shape buffers and replay each decode step as a CUDA graph (no per-token CPU work); false = the eager loop. Same tokens either way.")
+    cuda_graphs: bool = opt(True, "With rollout_engine=hf on a GPU: sample in fixed-shape buffers and replay each decode step as a CUDA graph (no per-token CPU work); false = the eager loop used on the CPU (in bf16 its rounding may pick other tokens).")
     vllm_gpu_memory_utilization: float = opt(0.3, "With rollout_engine=vllm: fraction of the GPU's memory vLLM may take (weights + KV cache); the rest is left to training.")
     vllm_kwargs: dict[str, Any] = opt({}, "With rollout_engine=vllm: extra keyword arguments for vllm.LLM (e.g. {enforce_eager: true, max_num_seqs: 256}); they override prorl's.")
 

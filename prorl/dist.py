@@ -154,7 +154,7 @@ def _fsdp2_unsharded(model):
     root = states[0]
     if getattr(root, "_is_root", None) is None and hasattr(root, "_lazy_init"):
         root._lazy_init()  # what the first forward would do; it fixes the root's own reshard policy
-    saved = [(s, getattr(s, "_auto_reshard_after_forward", None), [(g, g.post_forward_mesh_info) for g in s._fsdp_param_groups]) for s in states]
+    saved = [(s, getattr(s, "_auto_reshard_after_forward", None), [(g, g.post_forward_mesh_info) for g in _param_groups(s)]) for s in states]
     for u in units:
         u.set_reshard_after_forward(False, recurse=False)
     for u in units:
@@ -204,6 +204,15 @@ def _zero3_engine_hooks(engine, add: bool) -> None:
     for hook in list(offload.forward_hooks) + list(offload.backward_hooks):
         hook.remove()
     offload.forward_hooks, offload.backward_hooks = [], []
+
+
+def _param_groups(state) -> list:
+    """An FSDP2 unit's parameter groups: torch 2.13 keeps a list, torch 2.11 one group (or None)."""
+    groups = getattr(state, "_fsdp_param_groups", None)
+    if groups is not None:
+        return list(groups)
+    group = getattr(state, "_fsdp_param_group", None)
+    return [group] if group is not None else []
 
 
 @contextlib.contextmanager

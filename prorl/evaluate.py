@@ -9,6 +9,7 @@ built-in checkers, whose rewards lie in [0, 1]).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -116,7 +117,7 @@ def run_eval(cfg, *, ks: list[int], n: int) -> dict:
     acc = dist.make_accelerator()
     _quiet_libraries()
     model, tokenizer = load_model_and_tokenizer(cfg)
-    sampler = generate
+    sampler = functools.partial(generate, cuda_graphs=cfg.cuda_graphs)
     if cfg.rollout_engine == "vllm":  # the engine loads the same weights itself; the HF model stays on the CPU
         from .vllm_rollout import VLLMEngine
 

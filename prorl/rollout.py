@@ -186,10 +186,11 @@ def generate(
     `static=True` runs the fixed-shape loop (`_generate_static`): the same sampling with a KV cache of
     fixed size and finished rows dropped in steps of batch-size buckets, so that on a GPU each decode
     step is captured once as a CUDA graph (`cuda_graphs`) and replayed, with no host sync per token.
-    `static=None` (default) picks it for CUDA tensors; on the CPU the dynamic loop is faster.
+    `static=None` (default) picks it for CUDA tensors when `cuda_graphs` is on; on the CPU the dynamic
+    loop is faster.
     """
     with torch.no_grad(), attention_backends(prompt_ids):
-        use_static = static if static is not None else prompt_ids.is_cuda
+        use_static = static if static is not None else (prompt_ids.is_cuda and cuda_graphs)
         if fast and DynamicLayer is not None and use_static and logits_hook is None:
             return _generate_static(
                 model, prompt_ids, prompt_mask, n_samples=n_samples, keys=keys, max_new_tokens=max_new_tokens,
@@ -737,15 +738,18 @@ def completion_logprobs(
     """Per-token log-probs of the completions under `model` (grad flows if enabled).
 
     prompt_*: [B, Lp] left-padded; completion_*: [B, Lc] right-padded.
-    Returns logp [B, Lc] (and entropy [B, Lc] when asked). Only the completion positions' logits are
-    materialised (`logits_to_keep`), which keeps memory at B x Lc x V.
+    Returns logp [B, Lc] (and entropy [B, Lc] when asked).
 
     Rows that repeat the previous row's prompt (a group's samples are adjacent) can share one forward
     pass of that prompt: the prompt runs once per group and its keys/values are reused (and, under
     autograd, its gradient summed) by the group's completions. Same math as the full forward, up to
     float rounding; it saves (rows - groups) x Lp token-forwards. `share_prompts=None` (default)
-    shares when that saves at least 10% of the tokens and the model is a plain (or PEFT) transformers
-    model without activation checkpointing (not DDP/FSDP/DeepSpeed-wrapped); True/False force it.
+    shares when that saves at least `prompt_sharing_threshold` of the tokens (10% on the CPU, 50% on
+    a GPU) and the model is a plain (or PEFT) transformers model without activation checkpointing (not
+    DDP/FSDP/DeepSpeed-wrapped); True/False force it.
+
+    Logits are never materialised for the whole batch: the completion positions' final hidden states
+    go through the output head in chunks (`head_logprobs`), so memory grows with B x Lc x hidden.
     """
     with attention_backends(prompt_ids):
         return _completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
@@ -777,7 +781,7 @@ def _completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, complet
         if groups is not None and share_prompts is None:
             B, Lp = prompt_ids.shape
             saved = (B - groups[0].numel()) * Lp
-            if saved * 10 < B * (Lp + Lc) or not _can_share_prompts(model):
+            if saved < prompt_sharing_threshold(prompt_ids.device) * B * (Lp + Lc) or not _can_share_prompts(model):
                 groups = None
     if groups is not None:
         hidden = _shared_prompt_hidden(decoder, prompt_ids, prompt_mask, completion_ids, completion_mask, *groups)
@@ -873,6 +877,16 @@ def _head_split_holds(target, decoder, head) -> bool:
         known = full.shape == split.shape and torch.allclose(full, split, rtol=1e-3, atol=1e-4)
         target.__dict__["_prorl_head_split"] = bool(known)
     return known
+
+
+def prompt_sharing_threshold(device) -> float:
+    """The share of a batch's tokens that prompt sharing must save before `completion_logprobs` uses it.
+    Sharing runs the model twice (unique prompts, then completions on their keys/values): on the CPU,
+    where time is arithmetic, 10% fewer tokens pays. On a GPU a model of this size is bound by kernel
+    launches, and two passes launch about twice the kernels, so only a large saving (half the tokens:
+    long prompts, many samples per micro-batch) pays. The GPU figure is reasoned from the H100 profile
+    (README, Performance on a GPU), not tuned."""
+    return 0.5 if torch.device(device).type == "cuda" else 0.1
 
 
 def _prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):

@@ -787,9 +787,15 @@ class Trainer:
                     f"set max_grad_norm, or use dtype=float32 (max_bad_steps={cfg.max_bad_steps})"
                 )
             return norm
-        self.optimizer.step()
-        finite = torch.stack([p.detach().isfinite().all() for p in params]).all()
-        if not bool(finite):
+        try:
+            self.optimizer.step()
+            overflow = False
+        except RuntimeError as err:  # CUDA's fused AdamW checks its scalars: 1 - lr x weight_decay out of float range
+            if "overflow" not in str(err):
+                raise
+            overflow = True
+        finite = not overflow and bool(torch.stack([p.detach().isfinite().all() for p in params]).all())
+        if not finite:
             # nothing is saved from here on, so the last checkpoint stays the last good state
             raise TrainingAborted(
                 f"a parameter became non-finite at step {self.step + 1} despite finite gradients (norm {norm:.3g}); "

@@ -406,7 +406,7 @@ def test_cuda_graph_decode_matches_the_eager_static_loop(bf16):
     kw = dict(n_samples=32, keys=_group_keys(3, 32).cuda(), max_new_tokens=48, eos_token_ids=[1, 5, 7], pad_token_id=0)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
         graphed = generate(gpu, ids, mask, **kw)  # static + graphs: the default on CUDA
-        eager = generate(gpu, ids, mask, cuda_graphs=False, **kw)
+        eager = generate(gpu, ids, mask, static=True, cuda_graphs=False, **kw)
         dynamic = generate(gpu, ids, mask, static=False, **kw)
     assert type(gpu) not in rollout_mod._graph_failures
     _assert_same_rollout(graphed, eager)  # the same kernels, replayed

@@ -32,8 +32,14 @@ def fake_vllm(monkeypatch):
     sys.modules.pop("vllm", None)
 
 
-def _params(model):
-    return {k: v.detach().clone() for k, v in model.named_parameters()}
+def _reset_accelerate():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _params(model):  # on the CPU, where the fake engine's model lives
+    return {k: v.detach().cpu().clone() for k, v in model.named_parameters()}
 
 
 def _engine(tmp_path, tiny_model, **overrides):
@@ -42,6 +48,7 @@ def _engine(tmp_path, tiny_model, **overrides):
     from prorl.vllm_rollout import VLLMEngine
 
     cfg = small_run(tmp_path, rollout_engine="vllm", **overrides)
+    _reset_accelerate()  # on a GPU machine an earlier test's Trainer made the process state CUDA
     return VLLMEngine(cfg, Accelerator(cpu=True), tiny_model), cfg
 
 
@@ -155,7 +162,7 @@ def test_trainer_with_lora_syncs_merged_weights(tmp_path, tiny_model, fake_vllm)
     engine = dict(llm.worker.hf.named_parameters())
     assert set(engine) == set(after1)
     assert all(torch.equal(engine[n], after1[n]) for n in after1)  # step 2 sampled the merged step-1 policy
-    assert any(not torch.equal(after1[n], t) for n, t in policy_weights(policy))
+    assert any(not torch.equal(after1[n], t.cpu()) for n, t in policy_weights(policy))
 
 
 def test_eval_runs_on_the_engine(tmp_path, tiny_model, fake_vllm):
