@@ -490,7 +490,7 @@ def _flops_per_step(info: dict, args, completion_tokens: float, system: str | No
     train_prompt = B * lp
     if system == "prorl":
         sys.path.insert(0, str(REPO_ROOT))
-        from prorl.rollout import prompt_sharing_threshold
+        from prorl.logprobs import prompt_sharing_threshold
 
         threshold = prompt_sharing_threshold(args.device)
         train_prompt = 0

@@ -28,8 +28,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from . import algos, checkpoint, dist
 from .config import Config, ConfigError
 from .data import PromptStream, StreamingPrompts, load_prompt_dataset, render_prompts, steps_per_epoch, tokenize_prompts
+from .logprobs import completion_logprobs
 from .rewards import build_rewards
-from .rollout import completion_logprobs, concat_rollouts, generate, sample_keys
+from .rollout import concat_rollouts, generate, sample_keys
 
 log = logging.getLogger("prorl")
 

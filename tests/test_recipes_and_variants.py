@@ -19,7 +19,7 @@ import torch
 from prorl import Trainer
 from prorl.checkpoint import load_trainer_state
 from prorl.config import load_config
-from prorl.rollout import completion_logprobs
+from prorl.logprobs import completion_logprobs
 
 from .conftest import small_run
 
