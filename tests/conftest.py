@@ -29,3 +29,23 @@ def small_run(tmp_path, **overrides):
     )
     base.update(overrides)
     return load_config(None, base)
+
+
+def toy_llama():
+    """A random 2-layer Llama (vocabulary 24, grouped-query attention, EOS 1, pad 0) for the sampler
+    and log-prob tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=24, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, eos_token_id=1, pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def toy_prompts():
+    """Three left-padded prompts for `toy_llama`: (ids [3, 5], mask [3, 5])."""
+    import torch
+
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 2, 3, 4, 5], [0, 9, 9, 3, 2]])
+    return ids, (ids != 0).long()

@@ -4,23 +4,20 @@ group, each against the full forward's logits and gradients."""
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from prorl import logprobs as logprobs_mod
 from prorl.logprobs import completion_logprobs
 
+from .conftest import toy_llama, toy_prompts
+
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=24, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, eos_token_id=1, pad_token_id=0)
-    return LlamaForCausalLM(cfg).eval()
+    return toy_llama()
 
 
-def prompts():
-    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 2, 3, 4, 5], [0, 9, 9, 3, 2]])
-    return ids, (ids != 0).long()
+prompts = toy_prompts
 
 
 def _completions(B, Lc, seed=0):

@@ -6,26 +6,22 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from prorl.logprobs import completion_logprobs
-
 from prorl.rollout import (
     NanSafeLogitsProcessor, filter_logits, generate, sample_keys, sample_tokens,
     sanitize_logits, uniform_from_keys,
 )
+
+from .conftest import toy_llama, toy_prompts
 
 INF, NAN = float("inf"), float("nan")
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=24, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, eos_token_id=1, pad_token_id=0)
-    return LlamaForCausalLM(cfg).eval()
+    return toy_llama()
 
 
-def prompts():
-    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 2, 3, 4, 5], [0, 9, 9, 3, 2]])
-    return ids, (ids != 0).long()
+prompts = toy_prompts
 
 
 def test_sanitize_logits_hand_cases():
@@ -342,10 +338,7 @@ def test_static_loop_repairs_nan_logits_without_a_sync(one_thread):
 
 
 def test_static_loop_falls_back_for_models_it_cannot_run(one_thread):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=24, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, eos_token_id=1, pad_token_id=0)
-    eager_attn = LlamaForCausalLM(cfg).eval()
+    eager_attn = toy_llama()
     eager_attn.config._attn_implementation = "eager"  # takes additive float masks, not the static loop's boolean one
     ids, mask = prompts()
     kw = dict(n_samples=4, keys=_group_keys(3, 4), max_new_tokens=12, eos_token_ids=[1], pad_token_id=0)
