@@ -213,6 +213,9 @@ class Config:
         need(self.eval_max_prompts is None or self.eval_max_prompts >= 1, "eval_max_prompts", "must be >= 1 (or unset)")
         need(self.eval_temperature is None or self.eval_temperature > 0, "eval_temperature", "must be > 0 (or unset)")
         need(self.ref_reset_on_plateau >= 0, "ref_reset_on_plateau", "must be >= 0 (0 = off)")
+        for name in ("ref_reset_every", "ref_reset_on_plateau"):  # silently doing nothing would still log resets
+            need(not getattr(self, name) or self.kl_beta > 0, name,
+                 "resets the reference policy, and kl_beta=0 runs without one; set kl_beta > 0 or this to 0")
         need(self.ref_reset_on_plateau == 0 or self.eval_every > 0, "ref_reset_on_plateau", "needs eval_every > 0")
         need(self.sample_every >= 0, "sample_every", "must be >= 0 (0 = off)")
         need(self.n_logged_samples >= 1, "n_logged_samples", "must be >= 1")

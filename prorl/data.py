@@ -323,11 +323,29 @@ class StreamingPrompts:
             self.take(min(chunk, position - self.position))
 
 
-def render_prompts(prompts: list, tokenizer, cfg: Config) -> list[str]:
+class RenderedPrompts(list):
+    """The prompt texts (a list of str), plus `templated[i]`: whether text i came out of the chat
+    template, which already holds the special tokens (BOS and friends) the model expects."""
+
+    def __init__(self, texts, templated):
+        super().__init__(texts)
+        self.templated = list(templated)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return RenderedPrompts(list.__getitem__(self, i), self.templated[i])
+        return list.__getitem__(self, i)
+
+    def pick(self, indices) -> "RenderedPrompts":
+        return RenderedPrompts([list.__getitem__(self, i) for i in indices], [self.templated[i] for i in indices])
+
+
+def render_prompts(prompts: list, tokenizer, cfg: Config) -> RenderedPrompts:
     """Apply the chat template when asked; chat-formatted rows (lists of messages) always use it."""
-    out = []
+    out, templated = [], []
     for p in prompts:
-        if isinstance(p, list) or cfg.chat_template:
+        chat = isinstance(p, list) or cfg.chat_template
+        if chat:
             messages = p if isinstance(p, list) else [{"role": "user", "content": p}]
             if cfg.system_prompt and not any(m.get("role") == "system" for m in messages):
                 messages = [{"role": "system", "content": cfg.system_prompt}] + list(messages)
@@ -338,14 +356,18 @@ def render_prompts(prompts: list, tokenizer, cfg: Config) -> list[str]:
             out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         else:
             out.append(p)
-    return out
+        templated.append(chat)
+    return RenderedPrompts(out, templated)
 
 
-def tokenize_prompts(tokenizer, prompts: list[str], max_prompt_length: int, *, add_special_tokens: bool = True):
+def tokenize_prompts(tokenizer, prompts: list[str], max_prompt_length: int):
     """Left-padded prompt ids and mask [P, L], keeping the LAST max_prompt_length tokens of each
     prompt (the end holds the question and the generation cue). Returns (ids, mask, n_truncated).
-    add_special_tokens=False for chat-rendered prompts, which already hold BOS and friends."""
-    encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    Texts from the chat template (`RenderedPrompts.templated`) already hold their special tokens and
+    are tokenised without adding any (as transformers' own `apply_chat_template` does); plain texts
+    get the tokenizer's (e.g. BOS)."""
+    templated = getattr(prompts, "templated", [False] * len(prompts))
+    encoded = [tokenizer(p, add_special_tokens=not chat)["input_ids"] for p, chat in zip(prompts, templated)]
     too_long = sum(len(e) > max_prompt_length for e in encoded)
     encoded = [e[-max_prompt_length:] for e in encoded]
     width = max((len(e) for e in encoded), default=1) or 1

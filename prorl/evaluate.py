@@ -12,9 +12,13 @@ from __future__ import annotations
 import functools
 import math
 
+import datasets
 import torch
 
 from . import dist
+from .data import load_prompt_dataset, render_prompts, tokenize_prompts
+from .model import eos_ids, load_model_and_tokenizer, quiet_libraries
+from .rewards import rewards_from_config
 from .rollout import generate, sample_keys
 
 EVAL_STEP_KEY = 0x7FFF_FFFF  # sampling-key "step" for evaluation: never collides with a training step
@@ -65,7 +69,7 @@ def evaluate(
     correct, reward_sum, length_sum = [], 0.0, 0.0
     for start in range(0, len(share), batch_prompts):
         idx = share[start : start + batch_prompts]
-        ids, mask = tokenize([prompts[i] for i in idx])
+        ids, mask = tokenize(prompts.pick(idx) if hasattr(prompts, "pick") else [prompts[i] for i in idx])
         pidx = torch.tensor(idx, device=ids.device).repeat_interleave(n)
         sidx = torch.arange(n, device=ids.device).repeat(len(idx))
         ro = sampler(
@@ -108,14 +112,8 @@ def format_table(result: dict) -> str:
 
 def run_eval(cfg, *, ks: list[int], n: int) -> dict:
     """`prorl eval`: load a model (folder or Hub id) and evaluate it on cfg's dataset/split."""
-    import datasets
-
-    from .data import load_prompt_dataset, render_prompts, tokenize_prompts
-    from .rewards import build_rewards
-    from .trainer import _quiet_libraries, eos_ids, load_model_and_tokenizer
-
     acc = dist.make_accelerator()
-    _quiet_libraries()
+    quiet_libraries()
     model, tokenizer = load_model_and_tokenizer(cfg)
     sampler = functools.partial(generate, cuda_graphs=cfg.cuda_graphs)
     if cfg.rollout_engine == "vllm":  # the engine loads the same weights itself; the HF model stays on the CPU
@@ -127,13 +125,12 @@ def run_eval(cfg, *, ks: list[int], n: int) -> dict:
     ds = load_prompt_dataset(cfg)
     if not isinstance(ds, datasets.Dataset):  # streaming=true: scored whole, so read it (max_prompts caps it)
         ds = datasets.Dataset.from_list(list(ds))
-    rewards = build_rewards(cfg.reward_funcs, cfg.reward_weights, kwargs=cfg.reward_kwargs, fallback=cfg.reward_fallback,
-                            strict=cfg.reward_strict, timeout_s=cfg.reward_timeout)
+    rewards = rewards_from_config(cfg)
     prompts = render_prompts(ds["prompt"], tokenizer, cfg)
     columns = {c: ds[c] for c in ds.column_names if c != "prompt"}
 
     def tokenize(ps):
-        ids, mask, _ = tokenize_prompts(tokenizer, ps, cfg.max_prompt_length, add_special_tokens=not cfg.chat_template)
+        ids, mask, _ = tokenize_prompts(tokenizer, ps, cfg.max_prompt_length)
         return ids.to(acc.device), mask.to(acc.device)
 
     result = evaluate(

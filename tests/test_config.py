@@ -40,6 +40,9 @@ def test_cli_parses_types():
         ({"loss_agg": "mean"}, "loss_agg='mean' is not allowed; choose one of: token_mean"),
         ({"reward_weights": [1.0, 2.0]}, "reward_weights has 2 values but reward_funcs has 1"),
         ({"deterministic": "maybe"}, "deterministic='maybe' is not a valid bool"),
+        # no reference to reset: refused, rather than logging resets that did nothing
+        ({"kl_beta": 0.0, "ref_reset_every": 5}, "ref_reset_every=5 is invalid: resets the reference policy, and kl_beta=0"),
+        ({"kl_beta": 0.0, "eval_every": 5, "ref_reset_on_plateau": 2}, "ref_reset_on_plateau=2 is invalid: resets the reference"),
     ],
 )
 def test_bad_values_name_the_option(overrides, fragment):

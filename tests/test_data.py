@@ -92,6 +92,32 @@ def test_chat_rendering_with_system_prompt():
     assert render_prompts(["plain"], _ChatTok(), cfg()) == ["plain"]
 
 
+def test_special_tokens_are_added_once_whether_or_not_the_chat_template_rendered_the_prompt():
+    """A tokenizer that adds BOS, a template that writes it: message lists use the template even with
+    chat_template off, and must not get a second BOS when tokenised; plain prompts get theirs."""
+    import sys
+
+    from tokenizers import processors
+
+    from prorl.data import tokenize_prompts
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "launch"))
+    import bench
+
+    tok = bench.build_tokenizer()
+    bos = tok.bos_token_id
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    tok.chat_template = "<bos>{% for m in messages %}{{ m['content'] }}{% endfor %}="
+    assert tok("ab")["input_ids"][0] == bos  # this tokenizer does add BOS
+    for c in (cfg(), cfg(chat_template=True)):
+        prompts = render_prompts([[{"role": "user", "content": "ab"}], "cd" if not c.chat_template else "ef"], tok, c)
+        ids, mask, _ = tokenize_prompts(tok, prompts, 32)
+        for row, m in zip(ids.tolist(), mask.tolist()):
+            real = [t for t, k in zip(row, m) if k]
+            assert real[0] == bos and real.count(bos) == 1, real
+        assert tokenize_prompts(tok, prompts[1:], 32)[0].tolist()[0].count(bos) == 1  # a slice keeps the flags
+
+
 def test_chat_template_missing_is_a_config_error():
     class NoTemplate:
         chat_template = None

@@ -7,7 +7,7 @@ import pytest
 from prorl import Trainer
 from prorl.config import load_config
 from prorl.evaluate import evaluate
-from prorl.trainer import load_model_and_tokenizer
+from prorl.model import load_model_and_tokenizer
 
 from .conftest import REPO
 

@@ -17,6 +17,7 @@ from .base import (
     build_rewards,
     builtin_names,
     cancellation_event,
+    rewards_from_config,
 )
 
 # Importing these registers their built-ins.
@@ -24,6 +25,7 @@ from . import code, math, shaping  # noqa: E402,F401  (isort: skip)
 from .sandbox import SandboxResult, run_python
 
 __all__ = [
+    "rewards_from_config",
     "RewardConfigError",
     "RewardError",
     "RewardOutput",

@@ -96,6 +96,16 @@ class _Loaded:
     options: dict  # the user's per-spec kwargs for a non-built-in function, passed on every call
 
 
+def rewards_from_config(cfg, funcs=None) -> "Rewards":
+    """The reward set a run's config describes (`funcs` in place of cfg.reward_funcs, e.g. callables
+    given to the Python API), with its weights, kwargs, fallback, strictness and timeout. Training and
+    `prorl eval` both build theirs here, so they cannot score differently."""
+    return build_rewards(
+        list(funcs) if funcs is not None else cfg.reward_funcs, cfg.reward_weights, kwargs=cfg.reward_kwargs,
+        fallback=cfg.reward_fallback, strict=cfg.reward_strict, timeout_s=cfg.reward_timeout,
+    )
+
+
 def build_rewards(
     specs: list[str],
     weights: list[float] | None = None,
