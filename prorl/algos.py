@@ -711,3 +711,39 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         return torch.zeros(logits.shape[:-1], dtype=dtype, device=logits.device)
     return torch.cat(out).reshape(logits.shape[:-1])
+
+
+# ----------------------------------------------------------------------
+# The batch's advantages: which groups are used, and their advantages
+
+def first_groups(groups: Tensor, usable: Tensor, limit: int) -> Tensor:
+    """``[N]`` bool: the samples of the first ``limit`` usable groups, in order of first appearance.
+    ``groups [N]`` group ids, ``usable [N]`` bool."""
+    chosen, out = set(), torch.zeros_like(usable)
+    for i, (g, ok) in enumerate(zip(groups.tolist(), usable.tolist())):
+        if ok and (g in chosen or len(chosen) < limit):
+            chosen.add(g)
+            out[i] = True
+    return out
+
+
+def batch_advantages(all_rewards: Tensor, all_task: Tensor, all_groups: Tensor, mine: Tensor, estimator: str, *,
+                     skip_zero_signal: bool = True, max_groups: int | None = None):
+    """Advantages of a whole (gathered) batch, returned for this process's rows.
+
+    ``all_rewards [N]`` what advantages are computed from; ``all_task [N]`` the task rewards, which
+    decide zero signal (the same tensor unless a KL shift was added to the rewards); ``all_groups
+    [N]`` group ids; ``mine [n]`` this process's rows. Groups whose task rewards are all equal carry
+    no signal and are not used when ``skip_zero_signal``; ``max_groups`` keeps only the first that
+    many used groups (dynamic sampling). Advantages are computed over the used samples only, so
+    skipped groups' zeros never enter batch-level estimators such as ``reinforce_pp_baseline``.
+    Returns ``(advantages [n], keep [n] bool, zero_signal [N] bool)``.
+    """
+    zero_signal = zero_signal_mask(all_task, all_groups)
+    used = ~zero_signal if skip_zero_signal else torch.ones_like(zero_signal)
+    if max_groups is not None:
+        used &= first_groups(all_groups, used, max_groups)
+    all_adv = torch.zeros_like(all_rewards)
+    if bool(used.any()):
+        all_adv[used] = compute_advantages(estimator, all_rewards[used], all_groups[used])
+    return all_adv[mine], used[mine], zero_signal

@@ -28,7 +28,9 @@ from .config import Config, ConfigError
 from .data import PromptStream, StreamingPrompts, load_prompt_dataset, render_prompts, steps_per_epoch, tokenize_prompts
 from .evaluate import evaluate
 from .logprobs import completion_logprobs
+from .metrics import format_eval, format_line, step_metrics, trim_metrics
 from .model import enable_activation_checkpointing, eos_ids, load_model_and_tokenizer, mark_layers_for_recompute, quiet_libraries, set_seed
+from .reference import Reference
 from .rewards import rewards_from_config
 from .rollout import concat_rollouts, generate, sample_keys
 
@@ -53,31 +55,6 @@ def lr_at(step: int, cfg: Config) -> float:
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
     return cfg.learning_rate
-
-
-def group_advantages(acc, rewards, group_ids, estimator: str, *, skip_zero_signal: bool = True):
-    """Advantages for this process's samples, normalised over whole groups wherever they were sampled.
-
-    rewards, group_ids: [n_local]. Returns (advantages [n_local], keep [n_local] bool,
-    all_rewards [n_global], zero_signal [n_global] bool).
-    """
-    all_rewards = dist.gather_varlen(acc, rewards)
-    all_groups = dist.gather_varlen(acc, group_ids)
-    offset = dist.rank_offset(acc, rewards.numel(), rewards.device)
-    mine = torch.arange(offset, offset + rewards.numel(), device=rewards.device)
-    zero_signal = algos.zero_signal_mask(all_rewards, all_groups)
-    used = ~zero_signal if skip_zero_signal else torch.ones_like(zero_signal)
-    advantages, keep = advantages_of_used(all_rewards, all_groups, used, mine, estimator)
-    return advantages, keep, all_rewards, zero_signal
-
-
-def advantages_of_used(all_rewards, all_groups, used, mine, estimator: str):
-    """Advantages computed over the `used` samples of the global batch only (skipped groups' zeros must not
-    enter batch-level estimators such as reinforce_pp_baseline); returns this process's rows `mine`."""
-    all_adv = torch.zeros_like(all_rewards)
-    if bool(used.any()):
-        all_adv[used] = algos.compute_advantages(estimator, all_rewards[used], all_groups[used])
-    return all_adv[mine], used[mine]
 
 
 class _StopSignal:
@@ -132,16 +109,6 @@ class _Round:
 _NOGRAD_MERGE = 4
 
 
-def _first_groups(groups: torch.Tensor, usable: torch.Tensor, limit: int) -> torch.Tensor:
-    """[N] bool: samples of the first `limit` usable groups, in order of first appearance."""
-    chosen, out = set(), torch.zeros_like(usable)
-    for i, (g, ok) in enumerate(zip(groups.tolist(), usable.tolist())):
-        if ok and (g in chosen or len(chosen) < limit):
-            chosen.add(g)
-            out[i] = True
-    return out
-
-
 class Trainer:
     """`Trainer(config, reward_funcs=[...]).train()`.
 
@@ -170,20 +137,19 @@ class Trainer:
         if cfg.dtype != "float32" and self.acc.is_main_process:
             log.warning("dtype=%s trains the %s weights directly (no float32 master copy): updates smaller than the "
                         "weights' precision are lost; use dtype=float32 unless memory forces otherwise", cfg.dtype, cfg.dtype)
-        self.reference = None
-        self.has_reference = cfg.kl_beta > 0
+        self.reference: Reference | None = None
         if cfg.lora_r:
-            from .lora import attach_lora
+            from .lora import attach_lora, load_base_weights  # peft is an optional extra
 
             if resume_path is not None:
-                from .lora import load_base_weights
-
                 load_base_weights(self.model, resume_path)  # the base as reference resets left it
-            self.model = attach_lora(self.model, cfg, resume_path)  # reference = base, adapters off
+            self.model = attach_lora(self.model, cfg, resume_path)
+            if cfg.kl_beta > 0:
+                self.reference = Reference(self.acc)  # the base, adapters off
         elif cfg.kl_beta > 0:
-            self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
+            self.reference = Reference(self.acc, copy.deepcopy(self.model))
             if resume_path is not None:
-                checkpoint.load_reference(self.reference, resume_path)
+                checkpoint.load_reference(self.reference.model, resume_path)
 
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(self.model)
@@ -223,7 +189,7 @@ class Trainer:
             for group in self.optimizer.param_groups:  # like learning_rate, the config (not the checkpoint) decides these
                 group.update(weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2))
         if self.reference is not None:
-            self.reference = dist.prepare_reference(self.acc, self.reference)
+            self.reference.prepare()
         self.device = self.acc.device
         self.weights_version = 0  # bumped by every optimizer step; the vLLM engine syncs when it lags
         self.engine = None
@@ -237,7 +203,7 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            _trim_metrics(self.out_dir / "metrics.jsonl", self.step)
+            trim_metrics(self.out_dir / "metrics.jsonl", self.step)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress_bar and acc.is_main_process), desc="prorl")
         if cfg.report_to != "none":
             name = cfg.run_name or Path(cfg.output_dir).resolve().name
@@ -249,18 +215,18 @@ class Trainer:
                 baseline = {"step": 0, **self.evaluate_heldout()}
                 self._append_metrics(baseline)
                 if acc.is_main_process:
-                    bar.write(_format_eval(baseline))
+                    bar.write(format_eval(baseline))
             while self.step < self.total_steps:
                 last = self.train_step()
                 if self.eval_set is not None and self.step % cfg.eval_every == 0:
                     last.update(self.evaluate_heldout())
                     if acc.is_main_process:
-                        bar.write(_format_eval(last))
+                        bar.write(format_eval(last))
                 bar.update(1)
                 bar.set_postfix(reward=f"{last['reward_mean']:.3f}", kl=f"{last['kl']:.4f}")
                 self._append_metrics(last)
                 if acc.is_main_process and (self.step % cfg.log_every == 0 or self.step == self.total_steps):
-                    bar.write(_format_line(last))
+                    bar.write(format_line(last))
                 if acc.is_main_process and cfg.sample_every and self.step % cfg.sample_every == 0:
                     self._log_samples(bar)
                 if int(dist.global_max(acc, torch.tensor(int(stop.received), device=self.device))):
@@ -377,8 +343,9 @@ class Trainer:
             rewards = torch.where(ro.truncated, torch.zeros_like(rewards), rewards)
         # a group whose task rewards are all equal has no signal, whatever the per-sample KL shift below
         all_task = dist.gather_varlen(acc, rewards)
-        if cfg.kl_in_reward and self.has_reference:
-            rewards = rewards - cfg.kl_beta * self._sequence_kl(ro)
+        if cfg.kl_in_reward and self.reference is not None:
+            rewards = rewards - cfg.kl_beta * self.reference.sequence_kl(
+                self.model, ro, micro_batch=cfg.micro_batch_size, estimator=cfg.kl_estimator, temperature=cfg.temperature)
         all_rewards = dist.gather_varlen(acc, rewards)
         all_groups = dist.gather_varlen(acc, group)
         offset = dist.rank_offset(acc, rewards.numel(), self.device)
@@ -399,34 +366,40 @@ class Trainer:
             self.engine.sync(policy_weights(policy), self.weights_version)
         yield self.engine.generate
 
-    @torch.no_grad()
-    def _reference_logprobs(self, *inputs, **kw) -> torch.Tensor:
-        if self.reference is not None:
-            with self.acc.autocast():
-                return completion_logprobs(self.reference, *inputs, **kw)
-        from .lora import adapters_disabled
-
-        with adapters_disabled(self.acc.unwrap_model(self.model)) as base, self.acc.autocast():
-            return completion_logprobs(base, *inputs, **kw)
-
-    @torch.no_grad()
-    def _sequence_kl(self, ro) -> torch.Tensor:
-        """Per-completion KL(pi || pi_ref) summed over tokens, from the sampler's log-probs. [B]"""
-        mb, out = self.cfg.micro_batch_size, []
-        for i in range(0, ro.completion_ids.size(0), mb):
-            sl = slice(i, i + mb)
-            ref = self._reference_logprobs(ro.prompt_ids[sl], ro.prompt_mask[sl], ro.completion_ids[sl],
-                                           ro.completion_mask[sl], temperature=self.cfg.temperature)
-            kl = algos.kl_penalty(ro.logprobs[sl], ref, self.cfg.kl_estimator, mask=ro.completion_mask[sl])
-            out.append(torch.where(ro.completion_mask[sl].bool(), kl, 0).sum(1))
-        return torch.cat(out) if out else torch.zeros(0, device=self.device)
-
     def train_step(self) -> dict:
-        cfg, acc, n = self.cfg, self.acc, self.cfg.n_samples
-        t0 = time.perf_counter()
+        """sample and score -> group advantages -> policy update -> metrics."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        rounds = self._sample_rounds()
+        t_gen = time.perf_counter() - t0
+        ro, advantages, keep, zero_signal = self._advantages(rounds)
+        with _explain_oom(
+            f"the policy update: lower micro_batch_size (now {cfg.micro_batch_size} completions per pass; results "
+            "unchanged), then max_length"
+        ):
+            update = self._update(ro, advantages, keep.nonzero().squeeze(-1))
+        self.step += 1
+        reset = self._maybe_reset_reference()
+        self._last_samples = ([p for r in rounds for p in r.prompts], [c for r in rounds for c in r.completions],
+                              torch.cat([r.scored for r in rounds]).tolist())
+        self.totals["skipped_groups"] += int(zero_signal.sum()) // cfg.n_samples
+        self.totals["repaired_logit_rows"] += int(dist.global_sum(self.acc, torch.tensor([ro.repaired_rows], device=self.device)))
+        m = {"step": self.step, "epoch": self._epoch(),
+             **step_metrics(self.acc, rounds, ro, update, keep, zero_signal, self.rewards.names, cfg.n_samples)}
+        m.update(ref_reset=reset, lr=lr_at(self.step - 1, cfg), gen_time=t_gen,
+                 nonfinite_steps=self.totals["nonfinite_steps"], repaired_logit_rows=self.totals["repaired_logit_rows"],
+                 ref_resets=self.totals["ref_resets"])
+        m["step_time"] = time.perf_counter() - t0
+        m["tokens_per_s"] = m.pop("completion_tokens") / max(m["step_time"], 1e-9)
+        if m["reward_faults"] and self.acc.is_main_process:
+            log.warning("step %d: %d reward faults (samples got reward_fallback=%s): %s", self.step, m["reward_faults"],
+                        cfg.reward_fallback, m.pop("first_reward_error"))
+        m.pop("first_reward_error", None)
+        return m
 
-        # 1. sample and score; with dynamic sampling, draw more prompts until the batch is full of
-        #    groups that carry signal (or the extra rounds run out)
+    def _sample_rounds(self) -> list[_Round]:
+        """Sample and score batch_size prompts; with dynamic sampling, draw more until the batch is
+        full of groups that carry signal (or the extra rounds run out)."""
+        cfg, n = self.cfg, self.cfg.n_samples
         rounds, take, signal = [], cfg.batch_size, 0
         for _ in range(1 + cfg.dynamic_sampling_rounds):
             rounds.append(self._sample_round(take))
@@ -435,92 +408,26 @@ class Trainer:
             missing = cfg.batch_size - signal
             if missing <= 0 or not cfg.skip_zero_signal:
                 break
-            world = acc.num_processes
+            world = self.acc.num_processes
             take = world * math.ceil(math.ceil(missing * cfg.oversample) / world)
-        t_gen = time.perf_counter() - t0
+        return rounds
 
-        # 2. advantages over whole groups (global): the first batch_size groups with signal are used
-        all_rewards = torch.cat([r.all_rewards for r in rounds])
-        all_groups = torch.cat([r.all_groups for r in rounds])
-        base = 0
-        mine = []
-        for r in rounds:
+    def _advantages(self, rounds: list[_Round]):
+        """Advantages over whole groups (global; the first batch_size groups with signal are used):
+        (rollout of all rounds, advantages [n_local], keep [n_local] bool, zero_signal [N] bool)."""
+        cfg, base, mine = self.cfg, 0, []
+        for r in rounds:  # this process's rows in the concatenation of every round's gathered rows
             mine.append(torch.arange(r.offset, r.offset + r.rewards.numel(), device=self.device) + base)
             base += r.all_rewards.numel()
-        mine = torch.cat(mine)
-        zero_signal = algos.zero_signal_mask(torch.cat([r.all_task for r in rounds]), all_groups)
-        used = ~zero_signal if cfg.skip_zero_signal else torch.ones_like(zero_signal)
-        if cfg.dynamic_sampling_rounds:
-            used &= _first_groups(all_groups, used, cfg.batch_size)
-        advantages, keep = advantages_of_used(all_rewards, all_groups, used, mine, cfg.advantage)
+        advantages, keep, zero_signal = algos.batch_advantages(
+            torch.cat([r.all_rewards for r in rounds]), torch.cat([r.all_task for r in rounds]),
+            torch.cat([r.all_groups for r in rounds]), torch.cat(mine), cfg.advantage,
+            skip_zero_signal=cfg.skip_zero_signal, max_groups=cfg.batch_size if cfg.dynamic_sampling_rounds else None,
+        )
         ro = concat_rollouts([r.rollout for r in rounds], pad_token_id=self.tokenizer.pad_token_id)
         if cfg.truncation == "mask":  # DAPO overlong filtering: cut completions give no gradient
             keep = keep & ~ro.truncated
-        used_count = int(dist.global_sum(acc, keep.sum().reshape(1)))
-
-        # 3. policy update on the kept samples, normalised by GLOBAL counts
-        with _explain_oom(
-            f"the policy update: lower micro_batch_size (now {cfg.micro_batch_size} completions per pass; results "
-            "unchanged), then max_length"
-        ):
-            upd = self._update(ro, advantages, keep.nonzero().squeeze(-1))
-        self.step += 1
-        reset = self._maybe_reset_reference()
-        rep_prompts = [p for r in rounds for p in r.prompts]
-        completions = [c for r in rounds for c in r.completions]
-        scored = torch.cat([r.scored for r in rounds])
-        self._last_samples = (rep_prompts, completions, scored.tolist())
-
-        # 4. metrics (global)
-        lengths = torch.cat([r.lengths for r in rounds])
-        n_groups = all_rewards.numel() // n
-        skipped = int(zero_signal.sum()) // n
-        self.totals["skipped_groups"] += skipped
-        self.totals["repaired_logit_rows"] += int(dist.global_sum(acc, torch.tensor([ro.repaired_rows], device=self.device)))
-        all_lengths = dist.gather_varlen(acc, lengths.float())
-        all_trunc = dist.gather_varlen(acc, ro.truncated.float())
-        all_scored = dist.gather_varlen(acc, scored)
-        metrics = {
-            "step": self.step,
-            "epoch": self._epoch(),
-            "loss": upd["loss"],
-            "reward_mean": float(all_scored.mean()),
-            "reward_std": float(all_scored.std()) if all_scored.numel() > 1 else 0.0,
-        }
-        faults, first_error = 0, ""
-        for name in self.rewards.names:
-            values = [v for r in rounds for v in r.rw.per_func[name]]
-            v = dist.gather_varlen(acc, torch.tensor(values, dtype=torch.float32, device=self.device))
-            metrics[f"rewards/{name}/mean"] = float(v.mean())
-            metrics[f"rewards/{name}/std"] = float(v.std()) if v.numel() > 1 else 0.0
-            for r in rounds:
-                faults += r.rw.faults.get(name, 0)
-                first_error = first_error or r.rw.first_error.get(name, "")
-        metrics.update({
-            "kl": upd["kl"],
-            "clip_frac": upd["clip_frac"],
-            "entropy": upd["entropy"],
-            "grad_norm": upd["grad_norm"],
-            "completion_len_mean": float(all_lengths.mean()),
-            "completion_len_max": float(all_lengths.max()),
-            "truncated_frac": float(all_trunc.mean()),
-            "groups": n_groups,
-            "skipped_groups": skipped,
-            "trained_samples": used_count,
-            "sampling_rounds": len(rounds),
-            "reward_faults": int(dist.global_sum(acc, torch.tensor([faults], device=self.device))),
-            "nonfinite_steps": self.totals["nonfinite_steps"],
-            "repaired_logit_rows": self.totals["repaired_logit_rows"],
-            "ref_resets": self.totals["ref_resets"],
-            "ref_reset": reset,
-            "lr": lr_at(self.step - 1, cfg),
-            "step_time": time.perf_counter() - t0,
-            "gen_time": t_gen,
-            "tokens_per_s": float(all_lengths.sum()) / max(time.perf_counter() - t0, 1e-9),
-        })
-        if faults and acc.is_main_process:
-            log.warning("step %d: %d reward faults (samples got reward_fallback=%s): %s", self.step, faults, cfg.reward_fallback, first_error)
-        return metrics
+        return ro, advantages, keep, zero_signal
 
     # ------------------------------------------------------------------
     def _tokenize_prompts(self, prompts: list[str]):
@@ -584,7 +491,7 @@ class Trainer:
 
         # log-probs of the frozen reference, and of the sampling policy when the update goes off-policy
         off_policy = cfg.updates_per_batch * cfg.mini_batches > 1
-        kl_in_loss = self.has_reference and not cfg.kl_in_reward
+        kl_in_loss = self.reference is not None and not cfg.kl_in_reward
         ref_logp, old_logp = {}, {}
         with torch.no_grad():
             for c, (micro, _, _) in enumerate(plan):
@@ -595,7 +502,7 @@ class Trainer:
                     idx = torch.cat([rows(i) for i, _ in part])
                     host = [r for _, h in part for r in (h or [0])]
                     args = inputs(idx, host)  # built per pass, not kept for the whole update: at scale they are a sizeable copy of the rollout
-                    ref = self._reference_logprobs(*args, **fwd) if kl_in_loss else None
+                    ref = self.reference.logprobs(self.model, *args, **fwd) if kl_in_loss else None
                     old = None
                     if off_policy:
                         with acc.autocast():
@@ -696,21 +603,14 @@ class Trainer:
     def _maybe_reset_reference(self) -> bool:
         """ProRL: periodically make the current policy the new reference (and optionally reset Adam)."""
         cfg = self.cfg
-        if not self.has_reference or not cfg.ref_reset_every or self.step % cfg.ref_reset_every:
+        if self.reference is None or not cfg.ref_reset_every or self.step % cfg.ref_reset_every:
             return False
         self._reset_reference()
         return True
 
     def _reset_reference(self) -> None:
-        if not self.has_reference:
-            return
         alpha = 1.0 if self.cfg.ref_update == "reset" else self.cfg.ref_ema_alpha
-        if self.reference is None:  # LoRA: the reference is the base, so fold the adapters into it
-            from .lora import fold_adapters_into_base
-
-            fold_adapters_into_base(self.acc.unwrap_model(self.model), alpha)
-        else:
-            dist.copy_policy_into_reference(self.acc, self.model, self.reference, alpha=alpha)
+        self.reference.reset(self.model, alpha)
         if self.cfg.ref_reset_optimizer and alpha == 1.0:  # an EMA step is not a reset: keep Adam's moments
             self.optimizer.state.clear()
         self.totals["ref_resets"] += 1
@@ -729,9 +629,9 @@ class Trainer:
                 model=acc.unwrap_model(self.model),
                 model_state=model_state,
                 tokenizer=self.tokenizer,
-                reference=self.reference,
+                reference=self.reference.model if self.reference is not None else None,
                 optimizer_state=optimizer_state,
-                extra_tensors=self._lora_base_to_save(),
+                extra_tensors=self.reference.tensors_to_save(self.model, self.totals["ref_resets"]) if self.reference else None,
                 trainer_state={
                     "step": self.step,
                     "cursor": self.cursor,
@@ -749,14 +649,6 @@ class Trainer:
             checkpoint.prune_checkpoints(self.out_dir, self.cfg.save_total_limit)
         acc.wait_for_everyone()
         return path
-
-    def _lora_base_to_save(self) -> dict | None:
-        """After a reference reset a LoRA run's base is no longer the model on disk: save its layers."""
-        if not (self.cfg.lora_r and self.totals["ref_resets"]):
-            return None
-        from .lora import BASE_FILE, base_weights
-
-        return {BASE_FILE: base_weights(self.acc.unwrap_model(self.model))}
 
     def _load_resume_state(self, path: Path) -> None:
         state = checkpoint.load_trainer_state(path)
@@ -795,35 +687,3 @@ def _check_same_model(cfg: Config, path: Path) -> None:
             f"resume={str(path)!r} was trained from model {want!r}, not {cfg.model_name_or_path!r}; "
             "set model_name_or_path to match or start a new output_dir"
         )
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """On resume, drop metric lines past the checkpoint's step so no step appears twice."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    kept = []
-    for line in lines:
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-    if kept == lines:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(l + "\n" for l in kept))
-    os.replace(tmp, path)  # a kill mid-write must not leave the run's metrics half-written
-
-
-def _format_eval(m: dict) -> str:
-    parts = [f"{k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("eval/")]
-    return f"eval  @ step {m['step']:>4} | " + " | ".join(parts) + (" | reference reset" if m.get("ref_reset") else "")
-
-
-def _format_line(m: dict) -> str:
-    return (
-        f"step {m['step']:>5} | loss {m['loss']:+.4f} | reward {m['reward_mean']:.3f}±{m['reward_std']:.3f} "
-        f"| kl {m['kl']:.4f} | clip {m['clip_frac']:.3f} | ent {m['entropy']:.3f} | len {m['completion_len_mean']:.1f} "
-        f"| skipped {m['skipped_groups']}/{m['groups']} | {m['step_time']:.2f}s"
-    )

@@ -6,8 +6,8 @@ import sys
 
 import torch
 
-from prorl.dist import gather_varlen, make_accelerator
-from prorl.trainer import group_advantages
+from prorl.algos import batch_advantages
+from prorl.dist import gather_varlen, make_accelerator, rank_offset
 
 REWARDS = [1.0, 0.0, 0.5, 2.0, 1.0, 1.0, 3.0, 0.0, 1.0, 1.0, 0.5, 0.5]
 GROUPS = [7, 7, 7, 2, 2, 2, 9, 9, 9, 9, 4, 4]  # groups 2, 9 and 4 straddle the split below
@@ -15,7 +15,11 @@ SPLITS = {1: [slice(0, 12)], 2: [slice(0, 5), slice(5, 12)]}
 
 acc = make_accelerator()
 mine = SPLITS[acc.num_processes][acc.process_index]
-adv, keep, _, _ = group_advantages(acc, torch.tensor(REWARDS[mine]), torch.tensor(GROUPS[mine]), sys.argv[2])
+rewards, groups = torch.tensor(REWARDS[mine]), torch.tensor(GROUPS[mine])
+all_rewards = gather_varlen(acc, rewards)  # gathered as the trainer gathers them, then its own function
+offset = rank_offset(acc, rewards.numel(), rewards.device)
+adv, keep, _ = batch_advantages(all_rewards, all_rewards, gather_varlen(acc, groups),
+                                torch.arange(offset, offset + rewards.numel()), sys.argv[2])
 adv, keep = gather_varlen(acc, adv), gather_varlen(acc, keep.long())
 if acc.is_main_process:
     with open(sys.argv[1], "w") as fh:

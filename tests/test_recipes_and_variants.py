@@ -183,7 +183,7 @@ def _one_step_with_grads(tmp_path, model_dir, **overrides):
     # a reference that differs from the policy, so the KL term has a gradient at step 1 too
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in tr.reference.parameters():
+        for p in tr.reference.model.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=g).to(p.device))
     grads, step = [], tr._optimizer_step
 
@@ -365,13 +365,13 @@ def test_kl_in_reward_shifts_rewards_and_leaves_the_loss(tmp_path, model_dir):
     tr = Trainer(run_cfg(tmp_path, model_dir, kl_beta=beta, kl_estimator="k3", kl_in_reward=True), reward_funcs=[Noise()])
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for p in tr.reference.parameters():
+        for p in tr.reference.model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.device))
     r = tr._sample_round(tr.cfg.batch_size)
     ro = r.rollout
     with torch.no_grad():
         pol = completion_logprobs(tr.model, ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask)
-        ref = completion_logprobs(tr.reference, ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask)
+        ref = completion_logprobs(tr.reference.model, ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask)
     d = ref - pol
     k3 = torch.where(ro.completion_mask.bool(), torch.exp(d) - d - 1, 0).sum(1)
     assert bool((k3 > 0).all())
@@ -389,7 +389,7 @@ def test_kl_in_reward_does_not_turn_zero_signal_groups_into_signal(tmp_path, mod
     tr = Trainer(run_cfg(tmp_path, model_dir, kl_beta=0.05, kl_in_reward=True), reward_funcs=[lambda p, c, **k: [1.0] * len(c)])
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in tr.reference.parameters():
+        for p in tr.reference.model.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=g).to(p.device))
     m = tr.train_step()
     assert m["skipped_groups"] == m["groups"] and m["trained_samples"] == 0
@@ -403,11 +403,11 @@ def test_ema_reference_update(tmp_path, model_dir):
     alpha = 0.25
     tr = Trainer(run_cfg(tmp_path, model_dir, kl_beta=0.01, ref_update="ema", ref_ema_alpha=alpha, ref_reset_every=1,
                          ref_reset_optimizer=False), reward_funcs=[Noise()])
-    old_ref = {k: v.detach().clone() for k, v in tr.reference.named_parameters()}
+    old_ref = {k: v.detach().clone() for k, v in tr.reference.model.named_parameters()}
     m = tr.train_step()
     assert m["ref_reset"] and tr.totals["ref_resets"] == 1
     policy = params(tr)
-    new_ref = dict(tr.reference.named_parameters())
+    new_ref = dict(tr.reference.model.named_parameters())
     assert set(policy) == set(old_ref)
     for k in policy:
         want = (1 - alpha) * old_ref[k] + alpha * policy[k]

@@ -82,7 +82,7 @@ def test_reference_reset_and_callable_rewards(tmp_path, tiny_model):
     tr.train()
     assert tr.totals["ref_resets"] == 2
     policy = tr.acc.unwrap_model(tr.model).state_dict()
-    assert all(torch.equal(v, tr.reference.state_dict()[k]) for k, v in policy.items())
+    assert all(torch.equal(v, tr.reference.model.state_dict()[k]) for k, v in policy.items())
     assert not tr.optimizer.state  # ProRL resets the optimizer with the reference
 
 
@@ -131,7 +131,7 @@ def test_lora_trains_adapters_with_base_as_reference(tmp_path, tiny_model):
 
     cfg = small_run(tmp_path, max_steps=2, lora_r=4, learning_rate=1e-2)
     tr = Trainer(cfg, reward_funcs=[count_ones])
-    assert tr.reference is None  # no second copy of the weights
+    assert tr.reference.model is None  # the base is the reference: no second copy of the weights
     base_before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny_model).state_dict().items()}
     tr.train()
     ckpt = tmp_path / "out" / "checkpoint-000002"
@@ -237,7 +237,7 @@ def _one_step(tmp_path, hook_dtypes=None, prepare=None, **over):
         return t
 
     if hook_dtypes is not None:  # output dtypes of the first linear layer of the policy and of the reference
-        for name, model in (("policy", tr.model), ("reference", tr.reference)):
+        for name, model in (("policy", tr.model), ("reference", tr.reference.model)):
             layer = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
             layer.register_forward_hook(lambda mod, inp, out, name=name: hook_dtypes.setdefault(name, set()).add(out.dtype))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
