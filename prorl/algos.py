@@ -1,10 +1,12 @@
-"""The math of the trainer: advantage estimators, policy losses, KL estimators, loss aggregation.
+"""The math of the trainer: advantage estimators, policy losses, KL estimators, loss aggregation
+(log-probs of given tokens from logits are in `prorl.logprobs`).
 
 Everything here is a pure tensor function: plain tensors and floats in, tensors out. There is no
 model, no config object and no distributed call in this module, so each formula can be unit-tested
 by hand (``tests/test_algos.py``). The layout follows verl's ``verl/trainer/ppo/core_algos.py``:
-advantage estimators and policy losses are registered by name in a dict, and the trainer looks them
-up through :func:`compute_advantages` and :func:`policy_loss`.
+advantage estimators and policy losses are registered by name in a dict; the config's allowed values,
+the option checks (:func:`check_policy_loss_options`) and the trainer's calls
+(:func:`compute_advantages`, :func:`policy_loss`) all read those dicts.
 
 Shapes used throughout::
 
@@ -48,8 +50,9 @@ __all__ = [
     "local_normalizers",
     "masked_sum",
     "masked_mean",
-    "entropy_from_logits",
-    "token_logprobs",
+    "check_policy_loss_options",
+    "batch_advantages",
+    "first_groups",
 ]
 
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., Tensor]] = {}
@@ -65,10 +68,6 @@ KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 #: Log-ratios (``logp - logp_old`` and ``ref_logp - logp``) are clamped to ``[-20, 20]`` before
 #: ``exp`` so that ``exp`` stays finite in float32 (``e**20 ~ 4.9e8``); verl does the same.
 LOG_RATIO_CLAMP: float = 20.0
-
-# Upper bound on the number of elements of one float32 chunk that token_logprobs / entropy upcast
-# at a time (2**25 floats = 128 MiB). Module-level so that tests can shrink it.
-_CHUNK_ELEMS: int = 1 << 25
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,6 +362,18 @@ def policy_loss_defaults(name: str) -> dict:
     }
 
 
+def check_policy_loss_options(name: str, **kw) -> None:
+    """Raise ValueError when policy loss ``name`` is unknown or rejects these options: it runs once on
+    a one-token batch, so every registered loss validates its own options (at config time, not at the
+    first update)."""
+    known = policy_loss_defaults(name)
+    unknown = sorted(set(kw) - set(known))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} is not an option of the {name!r} loss (its options: {sorted(known) or 'none'})")
+    one = torch.zeros(1, 1)
+    policy_loss(name, one, one, torch.ones(1), torch.ones(1, 1, dtype=torch.bool), **kw)
+
+
 def _check_eps(eps_low: float | None, eps_high: float | None, *, allow_none: bool = False) -> None:
     for label, e in (("eps_low", eps_low), ("eps_high", eps_high)):
         if e is None:
@@ -626,91 +637,6 @@ def aggregate(
     if isinstance(max_length, bool) or int(max_length) != max_length or max_length < 1:
         raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
     return x.sum() / (n_seqs * int(max_length))
-
-
-# --------------------------------------------------------------------------------------------------
-# logits -> log-probs / entropy
-# --------------------------------------------------------------------------------------------------
-
-
-def _float_chunk(chunk: Tensor, temperature: float) -> Tensor:
-    """``chunk / temperature`` in float32 (or float64), never modifying ``chunk`` and making at most one copy."""
-    if chunk.dtype in (torch.float32, torch.float64):
-        return chunk if temperature == 1.0 else chunk / temperature
-    x = chunk.float()  # a fresh copy: safe to scale in place
-    if temperature != 1.0:
-        x.div_(temperature)
-    return x
-
-
-def _rows_per_chunk(vocab: int) -> int:
-    return max(1, _CHUNK_ELEMS // max(1, vocab))
-
-
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
-    """Log-probabilities of ``tokens`` under ``softmax(logits / temperature)``.
-
-    ``logits [B, T, V]`` (any float dtype; bf16/fp16 are upcast to float32), ``tokens [B, T]`` long
-    with values in ``[0, V)`` -> ``[B, T]`` float32 (float64 for float64 logits)::
-
-        logp[b, t] = z[b, t, tokens[b, t]] - logsumexp_v z[b, t, v],   z = logits / temperature
-
-    Memory-lean: works on chunks of rows (at most ``2**25`` elements each), so at most one extra
-    float32 copy of a chunk is alive, never a full ``log_softmax`` of the batch (under autograd the
-    graph still keeps one float copy for the backward pass, which is inherent). ``logits`` is never
-    modified. ``temperature`` must match the sampler's so that ``logp`` and the rollout's log-probs
-    refer to the same distribution.
-    """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if logits.dim() < 1 or tokens.shape != logits.shape[:-1]:
-        raise ValueError(f"tokens has shape {tuple(tokens.shape)}, expected {tuple(logits.shape[:-1])}")
-    if not logits.is_floating_point():
-        raise ValueError(f"logits must be a float tensor, got {logits.dtype}")
-    vocab = logits.shape[-1]
-    flat_logits = logits.reshape(-1, vocab)
-    flat_tokens = tokens.reshape(-1, 1).long()
-    step = _rows_per_chunk(vocab)
-    out = []
-    for start in range(0, flat_logits.shape[0], step):
-        x = _float_chunk(flat_logits[start : start + step], float(temperature))
-        picked = x.gather(-1, flat_tokens[start : start + step]).squeeze(-1)
-        out.append(picked - torch.logsumexp(x, dim=-1))
-    if not out:
-        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        return torch.zeros(tokens.shape, dtype=dtype, device=logits.device)
-    return torch.cat(out).reshape(tokens.shape)
-
-
-def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Entropy of ``softmax(logits / temperature)`` along the last dim: ``[..., V] -> [...]`` (float32; float64 kept).
-
-    ``H = logsumexp(z) - sum_v softmax(z)_v * z_v`` with ``z = logits / temperature``, numerically
-    stable for any finite scale of ``z``; ``-inf`` logits (masked vocabulary entries) contribute 0.
-    Works in row chunks like :func:`token_logprobs` (bf16/fp16 upcast per chunk, ``logits`` never
-    modified), so pass the raw logits rather than ``logits.float() / temperature``.
-    """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not logits.is_floating_point():
-        raise ValueError(f"logits must be a float tensor, got {logits.dtype}")
-    vocab = logits.shape[-1]
-    flat = logits.reshape(-1, vocab)
-    step = _rows_per_chunk(vocab)
-    out = []
-    for start in range(0, flat.shape[0], step):
-        x = _float_chunk(flat[start : start + step], float(temperature))
-        p = torch.softmax(x, dim=-1)
-        finite = torch.isfinite(x)
-        if not finite.all():  # -inf logits have p = 0; replace them so that 0 * -inf never appears
-            x_finite = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
-        else:
-            x_finite = x
-        out.append(torch.logsumexp(x, dim=-1) - (p * x_finite).sum(dim=-1))
-    if not out:
-        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        return torch.zeros(logits.shape[:-1], dtype=dtype, device=logits.device)
-    return torch.cat(out).reshape(logits.shape[:-1])
 
 
 # ----------------------------------------------------------------------

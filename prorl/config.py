@@ -22,7 +22,13 @@ class ConfigError(ValueError):
     """A user mistake in the configuration; the CLI prints it as one line and exits with code 2."""
 
 
-def opt(default: Any, help: str, choices: tuple | None = None, **kw):
+def choices_of(f) -> tuple | None:
+    """A field's allowed values (a tuple, or a function returning one), or None."""
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def opt(default: Any, help: str, choices=None, **kw):
     """A config field with its help text (and allowed values, checked by ``validate``)."""
     meta = {"help": help}
     if choices is not None:
@@ -36,10 +42,23 @@ def opt(default: Any, help: str, choices: tuple | None = None, **kw):
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "data/tiny-arith"
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
-ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
-POLICY_LOSSES = ("ppo_clip", "gspo", "cispo")
-KL_ESTIMATORS = ("k1", "k2", "k3")
+def _registered(name: str):
+    """Allowed values read from `prorl.algos` when asked, so that an estimator or loss registered with
+    `algos.register_advantage` / `register_policy_loss` before the config is validated can be chosen
+    (imported late: the config and --help need no torch)."""
+
+    def values() -> tuple:
+        from . import algos
+
+        return tuple(getattr(algos, name))
+
+    return values
+
+
+AGGREGATIONS = _registered("AGGREGATIONS")
+ADVANTAGES = _registered("ADVANTAGE_ESTIMATORS")
+POLICY_LOSSES = _registered("POLICY_LOSSES")
+KL_ESTIMATORS = _registered("KL_ESTIMATORS")
 DTYPES = ("float32", "bfloat16", "float16")
 TRUNCATIONS = ("none", "zero_reward", "mask")
 TRACKERS = ("none", "tensorboard", "wandb", "trackio", "all")
@@ -62,7 +81,7 @@ class Config:
     streaming: bool = opt(False, "Read the dataset as a stream (datasets' IterableDataset) instead of downloading it whole; for very large sets. Needs max_steps.")
     shuffle_buffer: int = opt(10_000, "With streaming: prompts are shuffled within a buffer of this many rows, reseeded each epoch (1 = stream order).")
     chat_template: bool = opt(False, "Render prompts with the tokenizer's chat template (as a user message).")
-    system_prompt: str | None = opt(None, "System message prepended when chat_template is on.")
+    system_prompt: str | None = opt(None, "System message put first in every prompt rendered with the chat template (chat_template on, or a dataset of message lists), unless the prompt has its own.")
     max_prompt_length: int = opt(512, "Prompts longer than this many tokens are truncated from the left (with a warning).")
 
     # --- rewards ---
@@ -164,7 +183,7 @@ class Config:
         """Check types and ranges; raise ConfigError naming the option and what is allowed."""
         for f in fields(self):
             value = getattr(self, f.name)
-            choices = f.metadata.get("choices")
+            choices = choices_of(f)
             if choices is not None and value not in choices:
                 raise ConfigError(f"{f.name}={value!r} is not allowed; choose one of: {', '.join(choices)}")
 
@@ -186,8 +205,12 @@ class Config:
         need(self.top_k >= 0, "top_k", "must be >= 0 (0 = off)")
         need(self.eps_low is None or 0 <= self.eps_low < 1, "eps_low", "must be in [0, 1) (or unset)")
         need(self.eps_high is None or self.eps_high >= 0, "eps_high", "must be >= 0 (or unset)")
-        need(self.dual_clip is None or self.policy_loss == "ppo_clip", "dual_clip", "only applies to policy_loss=ppo_clip")
-        need(self.dual_clip is None or self.dual_clip > 1, "dual_clip", "must be > 1 (or unset)")
+        from . import algos
+
+        try:  # the loss itself says which of its options it takes and which values (e.g. dual_clip: ppo_clip, > 1)
+            algos.check_policy_loss_options(self.policy_loss, **self.loss_kwargs())
+        except ValueError as err:
+            raise ConfigError(f"policy_loss={self.policy_loss!r} with {self.loss_kwargs()}: {err}") from None
         need(self.kl_beta >= 0, "kl_beta", "must be >= 0")
         need(self.ref_reset_every >= 0, "ref_reset_every", "must be >= 0 (0 = never)")
         need(self.lora_r >= 0, "lora_r", "must be >= 0 (0 = full fine-tuning)")
@@ -238,8 +261,6 @@ class Config:
     def loss_kwargs(self) -> dict:
         """Options for `algos.policy_loss`; unset clip bounds fall back to the loss's own defaults."""
         kw = {"eps_low": self.eps_low, "eps_high": self.eps_high, "dual_clip": self.dual_clip}
-        if self.policy_loss != "ppo_clip":
-            kw.pop("dual_clip")
         return {k: v for k, v in kw.items() if v is not None}
 
     def eval_config(self) -> "Config":
@@ -369,6 +390,6 @@ def option_table() -> list[tuple[str, str, str, str]]:
         tname = str(tp).replace("typing.", "") if not isinstance(tp, type) else tp.__name__
         help_ = f.metadata["help"]
         if "choices" in f.metadata:
-            help_ += " One of: " + ", ".join(f.metadata["choices"]) + "."
+            help_ += " One of: " + ", ".join(choices_of(f)) + "."
         rows.append((f.name, tname, repr(default), help_))
     return rows

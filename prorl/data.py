@@ -360,6 +360,19 @@ def render_prompts(prompts: list, tokenizer, cfg: Config) -> RenderedPrompts:
     return RenderedPrompts(out, templated)
 
 
+def prompt_tokenizer(tokenizer, max_prompt_length: int, device, *, warn: bool = True):
+    """prompts -> (ids, mask) on `device`: the one tokenisation training and evaluation share
+    (`tokenize_prompts`, plus a warning when prompts were cut to max_prompt_length)."""
+
+    def tokenize(prompts):
+        ids, mask, too_long = tokenize_prompts(tokenizer, prompts, max_prompt_length)
+        if too_long and warn:
+            log.warning("%d prompt(s) longer than max_prompt_length=%d tokens were truncated from the left", too_long, max_prompt_length)
+        return ids.to(device), mask.to(device)
+
+    return tokenize
+
+
 def tokenize_prompts(tokenizer, prompts: list[str], max_prompt_length: int):
     """Left-padded prompt ids and mask [P, L], keeping the LAST max_prompt_length tokens of each
     prompt (the end holds the question and the generation cue). Returns (ids, mask, n_truncated).

@@ -100,10 +100,11 @@ def broadcast_object(acc: Accelerator, obj):
 #   until the rollout ends, so the sampling loop's forwards run no collectives (processes may stop
 #   after different numbers of tokens). The reference stays a full frozen copy per process.
 # - FSDP1: same idea through `summon_full_params` plus plain (hook-free) forwards; needs
-#   `fsdp_use_orig_params: true`. Saving under FSDP1 needs Trainer.save to call no state_dict() on the
-#   main process alone (its model fingerprint did: that all-gathers under FSDP1 and hangs).
-# - DeepSpeed ZeRO-3: gathers parameters for generation (untested here); checkpoints carry no
-#   optimizer state (DeepSpeed keeps it in flat partitions), so a resume restarts Adam's moments.
+#   `fsdp_use_orig_params: true`. Under FSDP1 a state_dict() is a collective (it all-gathers), so
+#   Trainer.save gathers the state on every process and only then lets the main process write.
+# - DeepSpeed ZeRO-3: gathers parameters for generation (not run by the test suite: DeepSpeed is not
+#   installed there); checkpoints carry no optimizer state (DeepSpeed keeps it in flat partitions),
+#   so a resume restarts Adam's moments.
 
 from accelerate.utils import DistributedType  # noqa: E402
 

@@ -16,10 +16,11 @@ import datasets
 import torch
 
 from . import dist
-from .data import load_prompt_dataset, render_prompts, tokenize_prompts
+from .data import load_prompt_dataset, prompt_tokenizer, render_prompts
 from .model import eos_ids, load_model_and_tokenizer, quiet_libraries
-from .rewards import rewards_from_config
-from .rollout import generate, sample_keys
+from .rewards import rewards_from_config, score_rollout
+from .rollout import generate
+from .sampling import sample_keys
 
 EVAL_STEP_KEY = 0x7FFF_FFFF  # sampling-key "step" for evaluation: never collides with a training step
 
@@ -52,7 +53,7 @@ def evaluate(
     seed: int = 0,
     batch_prompts: int = 16,
     threshold: float = 1.0,
-    tokenize=None,
+    tokenize,
     eos_token_ids: list[int],
     sampler=generate,
 ) -> dict:
@@ -60,6 +61,7 @@ def evaluate(
 
     prompts: the full evaluation set (already rendered); columns: its reward columns.
     Returns {"pass@k": ..., "reward_mean", "completion_len_mean", "n_prompts", "n_samples"}.
+    `tokenize`: prompts -> (ids, mask) on the model's device (`data.prompt_tokenizer`, as training uses).
     `sampler`: `rollout.generate` or an engine's method with its signature (e.g. the vLLM engine's).
     """
     bad = [k for k in ks if k > n]
@@ -76,13 +78,8 @@ def evaluate(
             model, ids, mask, n_samples=n, keys=sample_keys(seed, EVAL_STEP_KEY, pidx, sidx), max_new_tokens=max_length,
             eos_token_ids=eos_token_ids, pad_token_id=tokenizer.pad_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
         )
-        lengths = ro.completion_mask.sum(1)
-        texts = tokenizer.batch_decode(
-            [row[: int(L)] for row, L in zip(ro.completion_ids.tolist(), lengths.tolist())], skip_special_tokens=True
-        )
-        cols = {c: [v[i] for i in idx for _ in range(n)] for c, v in columns.items()}
-        out = rewards([prompts[i] for i in idx for _ in range(n)], texts, cols,
-                      completion_lengths=lengths.tolist(), truncated=ro.truncated.tolist(), max_length=max_length)
+        _, lengths, out, _ = score_rollout(rewards, tokenizer, ro, [prompts[i] for i in idx],
+                                           {c: [v[i] for i in idx] for c, v in columns.items()}, n=n, max_length=max_length)
         total = torch.tensor(out.total, dtype=torch.float64)
         correct += (total >= threshold).view(len(idx), n).sum(1).tolist()
         reward_sum += float(total.sum())
@@ -129,14 +126,11 @@ def run_eval(cfg, *, ks: list[int], n: int) -> dict:
     prompts = render_prompts(ds["prompt"], tokenizer, cfg)
     columns = {c: ds[c] for c in ds.column_names if c != "prompt"}
 
-    def tokenize(ps):
-        ids, mask, _ = tokenize_prompts(tokenizer, ps, cfg.max_prompt_length)
-        return ids.to(acc.device), mask.to(acc.device)
-
     result = evaluate(
         model, tokenizer, prompts, columns, rewards, acc=acc, n=n, ks=ks, max_length=cfg.max_length,
         temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed, threshold=cfg.eval_threshold,
-        tokenize=tokenize, eos_token_ids=eos_ids(model, tokenizer), sampler=sampler,
+        tokenize=prompt_tokenizer(tokenizer, cfg.max_prompt_length, acc.device, warn=acc.is_main_process),
+        eos_token_ids=eos_ids(model, tokenizer), sampler=sampler,
     )
     result["model"] = cfg.model_name_or_path
     acc.end_training()

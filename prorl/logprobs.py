@@ -11,11 +11,103 @@ completion positions (grad flows when enabled). Two things keep it cheap:
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel
 
-from .algos import entropy_from_logits, token_logprobs
 from .rollout import DynamicLayer, _cache_kwarg, _returned_cache, attention_backends
 
+
+# Upper bound on the number of elements of one float32 chunk that token_logprobs / entropy upcast
+# at a time (2**25 floats = 128 MiB). Module-level so that tests can shrink it.
+_CHUNK_ELEMS: int = 1 << 25
+
+
+# ----------------------------------------------------------------------
+# logits -> log-probs / entropy: pure tensor functions
+
+
+def _float_chunk(chunk: Tensor, temperature: float) -> Tensor:
+    """``chunk / temperature`` in float32 (or float64), never modifying ``chunk`` and making at most one copy."""
+    if chunk.dtype in (torch.float32, torch.float64):
+        return chunk if temperature == 1.0 else chunk / temperature
+    x = chunk.float()  # a fresh copy: safe to scale in place
+    if temperature != 1.0:
+        x.div_(temperature)
+    return x
+
+
+def _rows_per_chunk(vocab: int) -> int:
+    return max(1, _CHUNK_ELEMS // max(1, vocab))
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """Log-probabilities of ``tokens`` under ``softmax(logits / temperature)``.
+
+    ``logits [B, T, V]`` (any float dtype; bf16/fp16 are upcast to float32), ``tokens [B, T]`` long
+    with values in ``[0, V)`` -> ``[B, T]`` float32 (float64 for float64 logits)::
+
+        logp[b, t] = z[b, t, tokens[b, t]] - logsumexp_v z[b, t, v],   z = logits / temperature
+
+    Memory-lean: works on chunks of rows (at most ``2**25`` elements each), so at most one extra
+    float32 copy of a chunk is alive, never a full ``log_softmax`` of the batch (under autograd the
+    graph still keeps one float copy for the backward pass, which is inherent). ``logits`` is never
+    modified. ``temperature`` must match the sampler's so that ``logp`` and the rollout's log-probs
+    refer to the same distribution.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if logits.dim() < 1 or tokens.shape != logits.shape[:-1]:
+        raise ValueError(f"tokens has shape {tuple(tokens.shape)}, expected {tuple(logits.shape[:-1])}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be a float tensor, got {logits.dtype}")
+    vocab = logits.shape[-1]
+    flat_logits = logits.reshape(-1, vocab)
+    flat_tokens = tokens.reshape(-1, 1).long()
+    step = _rows_per_chunk(vocab)
+    out = []
+    for start in range(0, flat_logits.shape[0], step):
+        x = _float_chunk(flat_logits[start : start + step], float(temperature))
+        picked = x.gather(-1, flat_tokens[start : start + step]).squeeze(-1)
+        out.append(picked - torch.logsumexp(x, dim=-1))
+    if not out:
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        return torch.zeros(tokens.shape, dtype=dtype, device=logits.device)
+    return torch.cat(out).reshape(tokens.shape)
+
+
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Entropy of ``softmax(logits / temperature)`` along the last dim: ``[..., V] -> [...]`` (float32; float64 kept).
+
+    ``H = logsumexp(z) - sum_v softmax(z)_v * z_v`` with ``z = logits / temperature``, numerically
+    stable for any finite scale of ``z``; ``-inf`` logits (masked vocabulary entries) contribute 0.
+    Works in row chunks like :func:`token_logprobs` (bf16/fp16 upcast per chunk, ``logits`` never
+    modified), so pass the raw logits rather than ``logits.float() / temperature``.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be a float tensor, got {logits.dtype}")
+    vocab = logits.shape[-1]
+    flat = logits.reshape(-1, vocab)
+    step = _rows_per_chunk(vocab)
+    out = []
+    for start in range(0, flat.shape[0], step):
+        x = _float_chunk(flat[start : start + step], float(temperature))
+        p = torch.softmax(x, dim=-1)
+        finite = torch.isfinite(x)
+        if not finite.all():  # -inf logits have p = 0; replace them so that 0 * -inf never appears
+            x_finite = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        else:
+            x_finite = x
+        out.append(torch.logsumexp(x, dim=-1) - (p * x_finite).sum(dim=-1))
+    if not out:
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        return torch.zeros(logits.shape[:-1], dtype=dtype, device=logits.device)
+    return torch.cat(out).reshape(logits.shape[:-1])
+
+
+# ----------------------------------------------------------------------
+# A model's log-probs of given completions
 
 def completion_logprobs(
     model,

@@ -57,7 +57,7 @@ def mark_layers_for_recompute(model) -> None:
     """transformers checkpoints a layer only while it is in training mode, but the policy stays in eval
     mode (dropout off, so sampling and training see one policy): mark just the layer objects as
     training; their submodules (attention, MLP, any dropout) stay in eval mode. Called again before
-    every update, because any `model.eval()` (a user's, a callback's) clears the mark."""
+    every update, because any `model.eval()` (the user's, through the Python API) clears the mark."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     for module in model.modules():

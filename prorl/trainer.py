@@ -1,7 +1,10 @@
-"""The training loop: rollout -> rewards -> group advantages -> clipped policy update.
+"""The training loop: `Trainer.train_step` is sample and score -> group advantages -> policy update
+-> metrics, each a method below; `Trainer.train` repeats it with evaluation, checkpoints and the
+stop signals.
 
-Reads top to bottom as single-process code. The math is in `prorl.algos`, sampling in
-`prorl.rollout`, distributed calls in `prorl.dist`, saving in `prorl.checkpoint`.
+The formulas are in `prorl.algos`, sampling in `prorl.rollout`, the log-probs the update needs in
+`prorl.logprobs`, the reference policy in `prorl.reference`, step metrics in `prorl.metrics`,
+distributed calls in `prorl.dist`, saving in `prorl.checkpoint`.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ from tqdm.auto import tqdm
 
 from . import algos, checkpoint, dist
 from .config import Config, ConfigError
-from .data import PromptStream, StreamingPrompts, load_prompt_dataset, render_prompts, steps_per_epoch, tokenize_prompts
+from .data import PromptStream, StreamingPrompts, load_prompt_dataset, prompt_tokenizer, render_prompts, steps_per_epoch
 from .evaluate import evaluate
 from .logprobs import completion_logprobs
 from .metrics import format_eval, format_line, step_metrics, trim_metrics
 from .model import enable_activation_checkpointing, eos_ids, load_model_and_tokenizer, mark_layers_for_recompute, quiet_libraries, set_seed
 from .reference import Reference
-from .rewards import rewards_from_config
-from .rollout import concat_rollouts, generate, sample_keys
+from .rewards import rewards_from_config, score_rollout
+from .rollout import concat_rollouts, generate
+from .sampling import sample_keys
 
 log = logging.getLogger("prorl")
 
@@ -191,6 +195,7 @@ class Trainer:
         if self.reference is not None:
             self.reference.prepare()
         self.device = self.acc.device
+        self.tokenize = prompt_tokenizer(self.tokenizer, cfg.max_prompt_length, self.device, warn=self.acc.is_main_process)
         self.weights_version = 0  # bumped by every optimizer step; the vLLM engine syncs when it lags
         self.engine = None
         if cfg.rollout_engine == "vllm":
@@ -270,7 +275,7 @@ class Trainer:
                 policy, self.tokenizer, prompts, columns, self.rewards, acc=self.acc, n=cfg.eval_n, ks=cfg.eval_k, sampler=sample,
                 max_length=cfg.max_length, temperature=cfg.eval_temperature or cfg.temperature, top_p=cfg.top_p,
                 top_k=cfg.top_k, seed=cfg.seed, threshold=cfg.eval_threshold, eos_token_ids=self.eos_ids,
-                tokenize=lambda ps: self._tokenize_prompts(ps),
+                tokenize=self.tokenize,
             )
         metrics = {f"eval/{k}": v for k, v in result.items() if k not in ("n_prompts", "n_samples")}
         score = result.get("pass@1", result[f"pass@{cfg.eval_k[0]}"])
@@ -320,23 +325,16 @@ class Trainer:
             f"lower rollout_batch_size (now {cfg.rollout_batch_size or 'all'} prompts per call; results unchanged), then max_length"
         ):
             for i in range(0, len(prompts), chunk):
-                prompt_ids, prompt_mask = self._tokenize_prompts(prompts[i : i + chunk])
+                prompt_ids, prompt_mask = self.tokenize(prompts[i : i + chunk])
                 parts.append(sample(
                     policy, prompt_ids, prompt_mask, n_samples=n, keys=keys[i * n : (i + chunk) * n],
                     max_new_tokens=cfg.max_length, eos_token_ids=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id,
                     temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                 ))
         ro = concat_rollouts(parts, pad_token_id=self.tokenizer.pad_token_id)
-        lengths = ro.completion_mask.sum(1)
-        completions = self.tokenizer.batch_decode(
-            [ids[: int(L)] for ids, L in zip(ro.completion_ids.tolist(), lengths.tolist())], skip_special_tokens=True
-        )
-        columns = {c: [v for v in batch[c] for _ in range(n)] for c in batch if c != "prompt"}
-        rep_prompts = [p for p in prompts for _ in range(n)]
-        rw = self.rewards(
-            rep_prompts, completions, columns,
-            completion_lengths=lengths.tolist(), truncated=ro.truncated.tolist(), max_length=cfg.max_length,
-        )
+        columns = {c: batch[c] for c in batch if c != "prompt"}
+        completions, lengths, rw, rep_prompts = score_rollout(self.rewards, self.tokenizer, ro, prompts, columns,
+                                                              n=n, max_length=cfg.max_length)
         scored = torch.tensor(rw.total, dtype=torch.float32, device=self.device)
         rewards = scored
         if cfg.truncation == "zero_reward":  # "stop properly": no credit for a completion cut at max_length
@@ -430,12 +428,6 @@ class Trainer:
         return ro, advantages, keep, zero_signal
 
     # ------------------------------------------------------------------
-    def _tokenize_prompts(self, prompts: list[str]):
-        ids, mask, too_long = tokenize_prompts(self.tokenizer, prompts, self.cfg.max_prompt_length)
-        if too_long and self.acc.is_main_process:
-            log.warning("%d prompt(s) longer than max_prompt_length=%d tokens were truncated from the left", too_long, self.cfg.max_prompt_length)
-        return ids.to(self.device), mask.to(self.device)
-
     def _micro_batches(self, kept: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
         """Row indices per micro-batch; every process runs the same number of passes (FSDP/DDP need it).
         A process with fewer kept rows runs zero-weight passes (index tensor empty).

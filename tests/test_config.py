@@ -34,7 +34,7 @@ def test_cli_parses_types():
         ({"batch_size": "four"}, "batch_size='four' is not a valid int"),
         ({"n_samples": 1}, "n_samples=1 is invalid: must be >= 2"),
         ({"eps_low": 1.5}, "eps_low=1.5 is invalid"),
-        ({"dual_clip": 3.0, "policy_loss": "gspo"}, "dual_clip=3.0 is invalid: only applies to policy_loss=ppo_clip"),
+        ({"dual_clip": 3.0, "policy_loss": "gspo"}, "policy_loss='gspo' with {'dual_clip': 3.0}: dual_clip is only supported by the 'ppo_clip' loss"),
         ({"kl_beta": -0.1}, "kl_beta=-0.1 is invalid"),
         ({"top_p": 0}, "top_p=0.0 is invalid"),
         ({"loss_agg": "mean"}, "loss_agg='mean' is not allowed; choose one of: token_mean"),
@@ -86,3 +86,18 @@ def test_readme_config_reference_is_current():
     text = (REPO_ROOT / "README.md").read_text()
     current = text.split(START, 1)[1].split(END, 1)[0].strip()
     assert current == config_reference(), "README config reference is stale: run `python -m prorl.docs --write`"
+
+
+def test_registered_estimators_and_losses_are_selectable(monkeypatch):
+    """`algos.register_advantage` / `register_policy_loss` are the source of the allowed names."""
+    import torch
+
+    from prorl import algos
+
+    monkeypatch.setitem(algos.ADVANTAGE_ESTIMATORS, "centered", lambda rewards, groups, **kw: rewards - rewards.mean())
+    monkeypatch.setitem(algos.POLICY_LOSSES, "plain_pg", lambda logp, logp_old, adv, mask: (-logp * adv, torch.zeros_like(logp)))
+    c = load_config(None, {"advantage": "centered", "policy_loss": "plain_pg"})
+    assert (c.advantage, c.policy_loss) == ("centered", "plain_pg")
+    assert "centered" in dict((r[0], r[3]) for r in option_table())["advantage"]
+    with pytest.raises(ConfigError, match="dual_clip"):  # the loss's own signature decides its options
+        load_config(None, {"policy_loss": "plain_pg", "dual_clip": 3.0})

@@ -30,7 +30,7 @@ def test_rl_raises_reward_and_heldout_accuracy(tmp_path, tiny_model):
     rows = trainer.stream.rows(0, 64)
     prompts = [trainer.dataset[i]["prompt"] for i in rows]
     columns = {"answer": [trainer.dataset[i]["answer"] for i in rows]}
-    tokenize = trainer._tokenize_prompts
+    tokenize = trainer.tokenize
     kw = dict(acc=trainer.acc, n=4, ks=[1], max_length=cfg.max_length, eos_token_ids=trainer.eos_ids, tokenize=tokenize)
     base = load_model_and_tokenizer(cfg)[0].to(trainer.device)
     r0 = evaluate(base, trainer.tokenizer, prompts, columns, trainer.rewards, **kw)["reward_mean"]

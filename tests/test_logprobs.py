@@ -1,15 +1,22 @@
 """Completion log-probs (`prorl.logprobs`): chunked through the output head, prompts shared by a
 group, each against the full forward's logits and gradients."""
 
+import math
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaForCausalLM
 
 from prorl import logprobs as logprobs_mod
-from prorl.logprobs import completion_logprobs
+from prorl.logprobs import completion_logprobs, entropy_from_logits, token_logprobs
 
 from .conftest import toy_llama, toy_prompts
+
+
+def close(actual, expected, atol=1e-6, rtol=1e-6):
+    expected = torch.as_tensor(expected, dtype=actual.dtype)
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +152,84 @@ def test_models_whose_logits_are_not_head_of_decoder_use_the_full_forward(model)
     torch.manual_seed(0)
     capped = Capped(model.config).eval()
     assert isinstance(capped, PreTrainedModel) and logprobs_mod._decoder_and_head(capped) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# logits -> log-probs, entropy
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.5])
+def test_token_logprobs_matches_log_softmax(temperature):
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, 5, 11, generator=gen)).requires_grad_(True)
+    tokens = torch.randint(0, 11, (3, 5), generator=gen)
+    before = logits.detach().clone()
+    out = token_logprobs(logits, tokens, temperature)
+    ref = torch.log_softmax(logits / temperature, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+    assert out.shape == (3, 5) and out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    (g,) = torch.autograd.grad(out.sum(), logits)
+    (g_ref,) = torch.autograd.grad(ref.sum(), logits)
+    torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(logits.detach(), before)  # input not modified in place
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_token_logprobs_low_precision_upcasts(dtype, temperature, monkeypatch):
+    monkeypatch.setattr(logprobs_mod, "_CHUNK_ELEMS", 3 * 13)  # 3 rows per chunk: exercise the chunk loop
+    gen = torch.Generator().manual_seed(2)
+    logits = (4 * torch.randn(2, 7, 13, generator=gen)).to(dtype).requires_grad_(True)
+    tokens = torch.randint(0, 13, (2, 7), generator=gen)
+    before = logits.detach().clone()
+    out = token_logprobs(logits, tokens, temperature)
+    assert out.dtype == torch.float32
+    ref = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    (g,) = torch.autograd.grad(out.sum(), logits)
+    (g_ref,) = torch.autograd.grad(ref.sum(), logits)
+    assert g.dtype == dtype
+    torch.testing.assert_close(g.float(), g_ref.float(), atol=1e-2, rtol=1e-2)
+    assert torch.equal(logits.detach(), before)
+
+
+def test_token_logprobs_large_logits_and_errors():
+    logits = torch.tensor([[[1000.0, 0.0, -1000.0]]])
+    out = token_logprobs(logits, torch.tensor([[0]]))
+    close(out, [[0.0]])  # log softmax of the dominant logit is 0, no overflow
+    close(token_logprobs(logits, torch.tensor([[1]])), [[-1000.0]])
+    with pytest.raises(ValueError):
+        token_logprobs(logits, torch.tensor([[0]]), temperature=0.0)
+    with pytest.raises(ValueError):
+        token_logprobs(logits, torch.tensor([0, 1]))
+
+
+def test_entropy_from_logits():
+    # uniform over V: log V
+    close(entropy_from_logits(torch.zeros(2, 3, 8)), torch.full((2, 3), math.log(8)))
+    # two equal logits and a masked -inf entry: log 2, finite gradient
+    x = torch.tensor([[0.5, 0.5, -float("inf")]], requires_grad=True)
+    h = entropy_from_logits(x)
+    close(h, [math.log(2)])
+    assert torch.isfinite(torch.autograd.grad(h.sum(), x)[0]).all()
+    # against the definition -sum p log p, large scale, bf16 upcast
+    gen = torch.Generator().manual_seed(3)
+    z = 30 * torch.randn(4, 9, generator=gen)
+    ref = -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1)
+    torch.testing.assert_close(entropy_from_logits(z), ref, atol=1e-5, rtol=1e-5)
+    zb = z.bfloat16()
+    hb = entropy_from_logits(zb)
+    assert hb.dtype == torch.float32
+    refb = -(torch.softmax(zb.float(), -1) * torch.log_softmax(zb.float(), -1)).sum(-1)
+    torch.testing.assert_close(hb, refb, atol=1e-5, rtol=1e-5)
+    # temperature: H(softmax(z / T)), input untouched (bf16 and float32 paths)
+    for t in (0.5, 2.0):
+        refb_t = -(torch.softmax(zb.float() / t, -1) * torch.log_softmax(zb.float() / t, -1)).sum(-1)
+        torch.testing.assert_close(entropy_from_logits(zb, temperature=t), refb_t, atol=1e-5, rtol=1e-5)
+        before = z.clone()
+        ref_t = -(torch.softmax(z / t, -1) * torch.log_softmax(z / t, -1)).sum(-1)
+        torch.testing.assert_close(entropy_from_logits(z, t), ref_t, atol=1e-5, rtol=1e-5)
+        assert torch.equal(z, before)
+    with pytest.raises(ValueError):
+        entropy_from_logits(z, temperature=0.0)

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from prorl import Trainer
 from prorl.config import ConfigError
-from prorl.rollout import sample_keys
+from prorl.sampling import sample_keys
 
 from .conftest import small_run
 

@@ -18,6 +18,7 @@ from .base import (
     builtin_names,
     cancellation_event,
     rewards_from_config,
+    score_rollout,
 )
 
 # Importing these registers their built-ins.
@@ -26,6 +27,7 @@ from .sandbox import SandboxResult, run_python
 
 __all__ = [
     "rewards_from_config",
+    "score_rollout",
     "RewardConfigError",
     "RewardError",
     "RewardOutput",

@@ -96,6 +96,23 @@ class _Loaded:
     options: dict  # the user's per-spec kwargs for a non-built-in function, passed on every call
 
 
+def score_rollout(rewards: "Rewards", tokenizer, ro, prompts: list, columns: dict, *, n: int, max_length: int):
+    """Decode a rollout's completions and score them: what training and evaluation both do.
+
+    `ro` is prompt-major (rows i*n .. i*n+n-1 are prompt i's samples); `prompts` [P] and `columns`
+    (name -> [P] values) are per prompt and are repeated for each sample. Returns (completion texts
+    [P*n], completion lengths [P*n] tensor, the RewardOutput, the repeated prompts [P*n])."""
+    lengths = ro.completion_mask.sum(1)
+    texts = tokenizer.batch_decode(
+        [ids[: int(L)] for ids, L in zip(ro.completion_ids.tolist(), lengths.tolist())], skip_special_tokens=True
+    )
+    repeated = [p for p in prompts for _ in range(n)]
+    cols = {c: [v for v in values for _ in range(n)] for c, values in columns.items()}
+    out = rewards(repeated, texts, cols, completion_lengths=lengths.tolist(), truncated=ro.truncated.tolist(),
+                  max_length=max_length)
+    return texts, lengths, out, repeated
+
+
 def rewards_from_config(cfg, funcs=None) -> "Rewards":
     """The reward set a run's config describes (`funcs` in place of cfg.reward_funcs, e.g. callables
     given to the Python API), with its weights, kwargs, fallback, strictness and timeout. Training and
