@@ -13,7 +13,7 @@ What differs from the built-in sampler (`rollout_engine: hf`):
   completions are not bit-identical across process counts or with the built-in sampler;
 - the sampler log-probs are vLLM's `processed_logprobs` (after temperature, top-k and top-p); they
   are only used by `kl_in_reward`, the update recomputes its log-probs with the training model;
-- NaN/inf logits are handled by vLLM, not by `rollout.sanitize_logits`.
+- NaN/inf logits are handled by vLLM, not by `sampling.sanitize_logits`.
 
 vLLM is not a dependency of prorl: install it (a CUDA build matching your torch) to use this.
 """
