@@ -236,6 +236,11 @@ class Config:
         need(self.eval_max_prompts is None or self.eval_max_prompts >= 1, "eval_max_prompts", "must be >= 1 (or unset)")
         need(self.eval_temperature is None or self.eval_temperature > 0, "eval_temperature", "must be > 0 (or unset)")
         need(self.ref_reset_on_plateau >= 0, "ref_reset_on_plateau", "must be >= 0 (0 = off)")
+        if self.report_to not in ("none", "all"):  # accelerate skips a tracker it cannot import, silently
+            import importlib.util
+
+            need(importlib.util.find_spec(self.report_to) is not None, "report_to",
+                 f"the {self.report_to} package is not installed; pip install {self.report_to} (or report_to=none)")
         for name in ("ref_reset_every", "ref_reset_on_plateau"):  # silently doing nothing would still log resets
             need(not getattr(self, name) or self.kl_beta > 0, name,
                  "resets the reference policy, and kl_beta=0 runs without one; set kl_beta > 0 or this to 0")
@@ -362,6 +367,8 @@ def load_config(config_file: str | os.PathLike | None = None, overrides: dict[st
     values: dict[str, Any] = {}
     if config_file is not None:
         path = Path(config_file)
+        if path.is_dir():
+            raise ConfigError(f"config file {str(path)!r} is a directory; give the YAML file inside it (e.g. launch/recipes/quickstart.yaml)")
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} not found; check the --config path (relative paths start at the working directory)")
         try:

@@ -54,6 +54,8 @@ def load_prompt_dataset(cfg: Config) -> datasets.Dataset | datasets.IterableData
         ds = ds.filter(_non_empty, input_columns="prompt")
         return ds.take(cfg.max_prompts) if cfg.max_prompts is not None else ds
     total = len(ds)
+    if total == 0:
+        raise ConfigError(f"dataset={source!r} has no rows; add prompts to it")
     ds = ds.filter(_non_empty, input_columns="prompt")
     if len(ds) == 0:
         raise ConfigError(
@@ -157,6 +159,8 @@ def _parse_error(path: Path, source: str, fmt: str, e: BaseException) -> str:
     while root.__cause__ is not None or root.__context__ is not None:
         root = root.__cause__ or root.__context__
     reason = (str(root).strip().splitlines() or [type(root).__name__])[0]
+    if "corresponds to no data" in reason or "corresponds to no data" in str(e):  # datasets' words for 0 rows
+        return f"dataset={source!r} has no rows (only a header, [], blank lines or an empty table); add prompts to it"
     return f"dataset={source!r} could not be parsed as {kind}: {reason}; fix the file"
 
 

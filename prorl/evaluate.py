@@ -123,6 +123,7 @@ def run_eval(cfg, *, ks: list[int], n: int) -> dict:
     if not isinstance(ds, datasets.Dataset):  # streaming=true: scored whole, so read it (max_prompts caps it)
         ds = datasets.Dataset.from_list(list(ds))
     rewards = rewards_from_config(cfg)
+    rewards.check_columns([c for c in ds.column_names if c != "prompt"], cfg.dataset or "builtin")
     prompts = render_prompts(ds["prompt"], tokenizer, cfg)
     columns = {c: ds[c] for c in ds.column_names if c != "prompt"}
 

@@ -173,6 +173,9 @@ class Trainer:
         dist.local_slice(cfg.batch_size, self.acc)  # batch_size must divide by this job's process count
 
         self.rewards = rewards_from_config(cfg, reward_funcs)
+        for ds, source in ((self.dataset, cfg.dataset), (self.eval_set, cfg.eval_dataset or cfg.dataset)):
+            if getattr(ds, "column_names", None) is not None:  # a stream may not know its columns yet
+                self.rewards.check_columns([c for c in ds.column_names if c != "prompt"], source or "builtin")
 
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
@@ -369,6 +372,7 @@ class Trainer:
         cfg, t0 = self.cfg, time.perf_counter()
         rounds = self._sample_rounds()
         t_gen = time.perf_counter() - t0
+        self._stop_if_every_reward_failed(rounds)
         ro, advantages, keep, zero_signal = self._advantages(rounds)
         with _explain_oom(
             f"the policy update: lower micro_batch_size (now {cfg.micro_batch_size} completions per pass; results "
@@ -393,6 +397,21 @@ class Trainer:
                         cfg.reward_fallback, m.pop("first_reward_error"))
         m.pop("first_reward_error", None)
         return m
+
+    def _stop_if_every_reward_failed(self, rounds: list[_Round]) -> None:
+        """Every reward function faulted on every sample of the step (global): the whole batch got the
+        fallback, and training on it would be a wasted run, so stop before the update. (One failing
+        function beside a working one is isolated as before: its samples get the fallback.)"""
+        total = sum(r.all_rewards.numel() for r in rounds)
+        names = self.rewards.names
+        local = torch.tensor([sum(r.rw.faults.get(name, 0) for r in rounds) for name in names], device=self.device, dtype=torch.float64)
+        faults = dist.global_sum(self.acc, local).tolist()
+        if total and all(count >= total for count in faults):
+            error = next((r.rw.first_error[n] for n in names for r in rounds if r.rw.first_error.get(n)), "no error text")
+            raise TrainingAborted(
+                f"every reward function ({', '.join(names)}) failed on all {total} samples of step {self.step + 1} "
+                f"({error}); nothing would be learned: fix the reward or the dataset's columns (reward_strict=true shows the traceback)"
+            )
 
     def _sample_rounds(self) -> list[_Round]:
         """Sample and score batch_size prompts; with dynamic sampling, draw more until the batch is

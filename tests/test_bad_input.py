@@ -85,6 +85,15 @@ def _t5_folder(t: Path) -> str:
     return str(folder)
 
 
+def _uninstalled_tracker() -> str:
+    import importlib.util
+
+    missing = [t for t in ("wandb", "trackio") if importlib.util.find_spec(t) is None]
+    if not missing:
+        pytest.skip("wandb and trackio are both installed here: no tracker is missing")
+    return missing[0]
+
+
 ERRORS = [
     # (id, setup(t) -> extra args, fragment of the one line)
     ("empty prompt file",
@@ -147,6 +156,18 @@ ERRORS = [
      "is not a prorl checkpoint (no trainer_state.json); pass a checkpoint-* folder or 'latest'"),
     ("resume latest with no checkpoint",
      lambda t: ["--resume", "latest"], "holds no checkpoint; drop --resume to start fresh"),
+    ("config path is a folder",
+     lambda t: ["--config", str(t)], "is a directory; give the YAML file inside it"),
+    ("tracker not installed",
+     lambda t: ["--report_to", _uninstalled_tracker()], "package is not installed; pip install"),
+    ("dataset with no rows",
+     lambda t: ["--dataset", _write(t / "p.csv", "prompt,answer\n")], "has no rows"),
+    ("reward needs a column the dataset lacks",
+     lambda t: ["--dataset", _write(t / "p.jsonl", '{"prompt": "1+1=", "solution": "2"}\n{"prompt": "2+2=", "solution": "4"}\n'),
+                "--reward_funcs", "exact_match"],
+     "reward 'exact_match' needs column 'answer', which dataset="),
+    ("kl_beta 0 with reference resets",
+     lambda t: ["--ref_reset_every", "2"], "ref_reset_every=2 is invalid: resets the reference policy, and kl_beta=0"),
 ]
 
 
@@ -240,7 +261,8 @@ WARNINGS = [
     ("tokenizer without pad token",
      lambda t: ["--model_name_or_path", _no_pad_model(t)], "tokenizer has no pad token; using its eos token '<eos>'"),
     ("some prompts empty",
-     lambda t: ["--dataset", _write(t / "p.jsonl", '{"prompt": "1+1="}\n{"prompt": ""}\n{"prompt": "2+2="}\n')],
+     lambda t: ["--dataset", _write(t / "p.jsonl", '{"prompt": "1+1=", "answer": "2"}\n{"prompt": "", "answer": "0"}\n'
+                                                    '{"prompt": "2+2=", "answer": "4"}\n')],
      "skipped 1 empty prompt(s) of 3"),
 ]
 

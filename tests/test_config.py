@@ -101,3 +101,15 @@ def test_registered_estimators_and_losses_are_selectable(monkeypatch):
     assert "centered" in dict((r[0], r[3]) for r in option_table())["advantage"]
     with pytest.raises(ConfigError, match="dual_clip"):  # the loss's own signature decides its options
         load_config(None, {"policy_loss": "plain_pg", "dual_clip": 3.0})
+
+
+def test_config_directory_and_missing_tracker_are_one_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    with pytest.raises(ConfigError, match="is a directory; give the YAML file inside it"):
+        load_config(tmp_path)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match="report_to='wandb' is invalid: the wandb package is not installed; pip install wandb"):
+        load_config(None, {"report_to": "wandb"})
+    load_config(None, {"report_to": "tensorboard"})  # installed with the test extra

@@ -367,3 +367,15 @@ def test_out_of_memory_is_one_line_naming_the_option(tmp_path, tiny_model, phase
     assert "\n" not in message and message.startswith(f"out of memory during {phase}")
     assert f"lower {option}" in message and "max_length" in message
     assert not list_checkpoints(tmp_path / "out"), "an aborted step must not be saved"
+
+
+def test_a_step_where_every_reward_failed_on_every_sample_stops_before_the_update(tmp_path, tiny_model, capsys):
+    """The run-on-nothing case: the only reward raises on every sample. One line, exit 3, no weights
+    changed, nothing saved (a working reward beside it keeps training, see the test above)."""
+    out = tmp_path / "out"
+    rc = train_here(out, max_steps=2, save_every=1, reward_funcs=f"{FIXTURES}:raises")
+    assert rc == cli.EXIT_ABORTED
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("prorl: aborted: every reward function (reward_fixtures.raises) failed on all ")
+    assert "KeyError: 'answer'" in last and "fix the reward or the dataset's columns" in last
+    assert not list_checkpoints(out)

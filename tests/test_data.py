@@ -216,3 +216,19 @@ def test_a_mixed_prompt_column_names_the_bad_type(tmp_path):
     mixed.write_text('{"prompt": "ok"}\n{"prompt": 3}\n')
     with pytest.raises(ConfigError, match="a prompt is a int, not text"):
         load_prompt_dataset(cfg(dataset=str(mixed)))
+
+
+@pytest.mark.parametrize("name,content", [
+    ("h.csv", "prompt,answer\n"),
+    ("e.json", "[]"),
+    ("b.jsonl", "\n\n"),
+    ("e.parquet", None),
+])
+def test_a_dataset_without_rows_says_so(tmp_path, name, content):
+    path = tmp_path / name
+    if content is None:
+        datasets.Dataset.from_dict({"prompt": [], "answer": []}).to_parquet(str(path))
+    else:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match="has no rows"):
+        load_prompt_dataset(cfg(dataset=str(path)))

@@ -52,3 +52,13 @@ def test_eval_cli_reads_a_streamed_dataset(tmp_path, tiny_model):
             "--max_prompts", "8", "--n", "2", "--max_length", "6", "--json", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(out.read_text())["n_prompts"] == 8
+
+
+def test_eval_refuses_a_reward_whose_column_is_missing(tmp_path, tiny_model):
+    """Before: exact_match faulted on every sample and eval reported pass@1 0.0 with exit 0."""
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "solution": str(2 * a)}) + "\n" for a in range(10)))
+    r = run("eval", "--model", tiny_model, "--dataset", str(src), "--dataset_split", "train", "--n", "2", "--max_length", "4")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "reward 'exact_match' needs column 'answer'" in lines[0] and "rename_columns" in lines[0]

@@ -296,6 +296,23 @@ class Rewards:
         parts = ", ".join(f"{r.name}*{r.weight:g}" for r in self._loaded)
         return f"Rewards({parts})"
 
+    def check_columns(self, columns, source: str) -> None:
+        """Raise RewardConfigError when a reward function needs dataset columns that `columns` lacks.
+
+        A function declares them as `fn.required_columns`: a list of alternatives, each a tuple of
+        column names it needs together (the built-ins do; e.g. exact_match [("answer",)]). Checked at
+        start, so a missing column is one line instead of a run of reward faults."""
+        have = set(columns)
+        for r in self._loaded:
+            options = getattr(r.fn, "required_columns", None)
+            if not options or any(set(option) <= have for option in options):
+                continue
+            need = " or ".join("+".join(f"'{c}'" for c in option) for option in options)
+            raise RewardConfigError(
+                f"reward '{r.name}' needs column {need}, which dataset={source!r} does not have (its columns: "
+                f"{', '.join(sorted(have)) or 'none'}); map one with rename_columns (e.g. {{solution: answer}}) or choose another reward"
+            )
+
     def __call__(
         self,
         prompts: list[str],

@@ -167,6 +167,7 @@ def make_code(timeout_s: float = 10.0, memory_mb: int = 1024, max_workers: int |
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prorl-code") as pool:
             return list(pool.map(run, jobs))
 
+    code_reward.required_columns = [("test", "entry_point"), ("tests",), ("inputs", "outputs")]
     return code_reward
 
 

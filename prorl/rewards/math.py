@@ -278,6 +278,7 @@ def make_exact_match():
             out.append(None if ref is None else float(pred is not None and pred == ref))
         return out
 
+    exact_match.required_columns = [("answer",)]
     return exact_match
 
 
@@ -299,4 +300,5 @@ def make_math(use_math_verify: bool | None = None):
             out.append(float(is_equivalent(pred, reference_answer(reference), use_math_verify=use_math_verify)))
         return out
 
+    math_reward.required_columns = [("answer",)]
     return math_reward
