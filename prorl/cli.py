@@ -17,6 +17,7 @@ from .config import Config, ConfigError, _field_types, _unwrap_optional, load_co
 
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -169,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingAborted as e:
         sys.stderr.write(f"prorl: aborted: {e}\n")
         return EXIT_ABORTED
+    except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during it
+        sys.stderr.write("\nprorl: interrupted; nothing after the last checkpoint was saved (continue with --resume latest)\n")
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -62,16 +63,23 @@ def lr_at(step: int, cfg: Config) -> float:
 
 
 class _StopSignal:
-    """Remembers SIGTERM/SIGUSR1 (what SLURM and Kubernetes send before pre-emption) so the loop can
-    finish its step, checkpoint and exit. Only the main thread can install handlers; elsewhere a no-op."""
+    """Remembers SIGTERM/SIGUSR1 (what SLURM and Kubernetes send before pre-emption) and a first Ctrl-C
+    (SIGINT) so the loop can finish its step, checkpoint and exit. A second Ctrl-C aborts at once
+    (KeyboardInterrupt: the steps since the last checkpoint are lost). Only the main thread can
+    install handlers; elsewhere a no-op."""
 
     def __init__(self):
         self.received, self.name, self._old = False, None, {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGUSR1):
+            for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.received:
+            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            sys.stderr.write("\nprorl: Ctrl-C: finishing this step, then saving it and exiting; continue with --resume latest "
+                             "(Ctrl-C again aborts without saving)\n")
         self.received, self.name = True, signal.Signals(signum).name
 
     def restore(self):
@@ -238,8 +246,9 @@ class Trainer:
                 if acc.is_main_process and cfg.sample_every and self.step % cfg.sample_every == 0:
                     self._log_samples(bar)
                 if int(dist.global_max(acc, torch.tensor(int(stop.received), device=self.device))):
-                    self.stopped_by = stop.name  # a scheduler's pre-emption notice: save and leave
-                    log.warning("received %s: saving step %d and exiting; continue with --resume latest", stop.name, self.step)
+                    self.stopped_by = stop.name  # a scheduler's pre-emption notice or Ctrl-C: save and leave
+                    if stop.name != "SIGINT":  # Ctrl-C already said so when it was pressed
+                        log.warning("received %s: saving step %d and exiting; continue with --resume latest", stop.name, self.step)
                     break
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     self.save()

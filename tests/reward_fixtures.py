@@ -40,3 +40,9 @@ def hangs(prompts, completions, **kwargs):
 def wrong_signature(completion):
     """Takes one completion, not (prompts, completions, **kwargs)."""
     return 0.0
+
+
+def slow_alternating(prompts, completions, **kwargs):
+    """`alternating`, after a second's wait (a slow scorer): a step lasts long enough to be interrupted in."""
+    time.sleep(1.0)
+    return alternating(prompts, completions)

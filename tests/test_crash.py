@@ -379,3 +379,30 @@ def test_a_step_where_every_reward_failed_on_every_sample_stops_before_the_updat
     assert last.startswith("prorl: aborted: every reward function (reward_fixtures.raises) failed on all ")
     assert "KeyError: 'answer'" in last and "fix the reward or the dataset's columns" in last
     assert not list_checkpoints(out)
+
+
+def test_ctrl_c_saves_the_current_step_and_a_second_one_aborts(tmp_path, uninterrupted):
+    """The first Ctrl-C is a SIGTERM with a word to the user: finish the step, save, exit 0, and the
+    resumed run equals the uninterrupted one. Two in a row abort with one line (exit 130), no traceback."""
+    out, log = tmp_path / "out", tmp_path / "stderr.log"
+    proc = start(out, log)
+    wait_for("step 2 in metrics.jsonl", lambda: 2 in steps_logged(out), proc, log)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    stopped_at = max(steps_logged(out))
+    assert assert_latest_is_complete(out) == checkpoint_dir(out, stopped_at)
+    text = log.read_text()
+    assert "prorl: Ctrl-C: finishing this step, then saving it and exiting" in text and "Traceback" not in text
+    assert train_here(out, resume="latest") == 0
+    assert_same_run(out, uninterrupted)
+
+    out2, log2 = tmp_path / "out2", tmp_path / "stderr2.log"
+    proc = start(out2, log2, reward_funcs=f"{FIXTURES}:slow_alternating")  # a step is still running at the second Ctrl-C
+    wait_for("step 1 in metrics.jsonl", lambda: 1 in steps_logged(out2), proc, log2)
+    proc.send_signal(signal.SIGINT)
+    wait_for("the first Ctrl-C noticed", lambda: "prorl: Ctrl-C" in log2.read_text(), proc, log2, timeout=30)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, log2.read_text()[-3000:]
+    lines = log2.read_text().strip().splitlines()
+    assert lines[-1].startswith("prorl: interrupted; nothing after the last checkpoint was saved")
+    assert "Traceback" not in log2.read_text()
