@@ -90,8 +90,12 @@ def ensure_output_dir(output_dir: str | os.PathLike, *, fresh: bool = False) -> 
     return root
 
 
-def resolve_resume(resume: str, output_dir: str) -> Path:
-    """'latest' -> newest checkpoint in output_dir; otherwise a checkpoint folder path."""
+def resolve_resume(resume: str, output_dir: str) -> Path | None:
+    """'latest' -> newest checkpoint in output_dir; 'auto' -> the same, or None (start fresh) when
+    there is none yet; otherwise a checkpoint folder path."""
+    if resume == "auto":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
     if resume == "latest":
         found = list_checkpoints(output_dir)
         if not found:

@@ -220,6 +220,7 @@ class Trainer:
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             trim_metrics(self.out_dir / "metrics.jsonl", self.step)
+            trim_metrics(self.out_dir / "samples.jsonl", self.step)  # a rerun rewrites these steps too
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress_bar and acc.is_main_process), desc="prorl")
         if cfg.report_to != "none":
             name = cfg.run_name or Path(cfg.output_dir).resolve().name

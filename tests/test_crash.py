@@ -406,3 +406,24 @@ def test_ctrl_c_saves_the_current_step_and_a_second_one_aborts(tmp_path, uninter
     lines = log2.read_text().strip().splitlines()
     assert lines[-1].startswith("prorl: interrupted; nothing after the last checkpoint was saved")
     assert "Traceback" not in log2.read_text()
+
+
+def test_resume_auto_reruns_the_same_command_before_and_after_the_first_checkpoint(tmp_path, uninterrupted):
+    """A pre-empted job is requeued with the identical command line: `resume=auto` starts fresh when
+    the folder has no checkpoint yet (killed before the first) and resumes when it has one; the end
+    result is the uninterrupted run's, bit for bit."""
+    out, log = tmp_path / "out", tmp_path / "stderr.log"
+    same = dict(resume="auto", save_every=3)
+
+    proc = start(out, log, **same)  # 1. killed after step 1, before the first checkpoint (step 3)
+    wait_for("step 1 in metrics.jsonl", lambda: 1 in steps_logged(out), proc, log)
+    kill9(proc)
+    assert not list_checkpoints(out) and (out / "metrics.jsonl").exists()
+
+    proc = start(out, log, **same)  # 2. the same command starts over; killed once a checkpoint exists
+    wait_for("a checkpoint", lambda: list_checkpoints(out), proc, log)
+    kill9(proc)
+
+    assert train_here(out, **same) == 0  # 3. the same command resumes and finishes
+    assert_same_run(out, uninterrupted)
+    assert steps_logged(out) == list(range(1, STEPS + 1)), "a step is logged twice or missing"
