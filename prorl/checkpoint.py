@@ -16,6 +16,7 @@ one line that names the newest intact checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .config import ConfigError
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -90,23 +93,56 @@ def ensure_output_dir(output_dir: str | os.PathLike, *, fresh: bool = False) -> 
     return root
 
 
+def checkpoint_damage(path: Path) -> str | None:
+    """Why the checkpoint folder `path` cannot be loaded (a truncated or unreadable safetensors or JSON
+    file, e.g. a disk that filled up or a copy cut short), or None when every file reads."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt") as handle:
+                handle.keys()
+        except Exception as e:  # SafetensorError, OSError: the header or the data does not fit the file
+            return f"{f.name} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    for f in sorted(Path(path).glob("*.json")):
+        try:
+            json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            return f"{f.name} is unreadable ({type(e).__name__})"
+    return None
+
+
 def resolve_resume(resume: str, output_dir: str) -> Path | None:
-    """'latest' -> newest checkpoint in output_dir; 'auto' -> the same, or None (start fresh) when
-    there is none yet; otherwise a checkpoint folder path."""
-    if resume == "auto":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    if resume == "latest":
+    """'latest' -> newest intact checkpoint in output_dir (a damaged newer one is skipped with a
+    warning); 'auto' -> the same, or None (start fresh) when there is no checkpoint yet; otherwise a
+    checkpoint folder path."""
+    if resume in ("latest", "auto"):
         found = list_checkpoints(output_dir)
         if not found:
+            if resume == "auto":
+                return None
             raise ConfigError(f"resume=latest but {output_dir!r} holds no checkpoint; drop --resume to start fresh")
-        return found[-1]
+        damaged = []
+        for path in reversed(found):
+            reason = checkpoint_damage(path)
+            if reason is None:
+                for bad, why in damaged:
+                    log.warning("checkpoint %s is damaged (%s); resuming from %s instead", bad.name, why, path.name)
+                return path
+            damaged.append((path, reason))
+        raise ConfigError(
+            f"resume={resume}: no intact checkpoint in {output_dir!r} (newest {found[-1].name}: {damaged[0][1]}); "
+            "restore a checkpoint from a backup or start a new output_dir"
+        )
     path = Path(resume)
     if not path.is_dir():
         raise ConfigError(f"resume={resume!r} not found; pass a checkpoint-* folder or 'latest'")
     if not (path / STATE_FILE).is_file():
         raise ConfigError(f"resume={resume!r} is not a prorl checkpoint (no {STATE_FILE}); pass a checkpoint-* folder or 'latest'")
     load_trainer_state(path)  # unreadable state: one line now, not a traceback after the model loaded
+    reason = checkpoint_damage(path)
+    if reason is not None:
+        raise ConfigError(f"resume={resume!r}: {reason}; resume from another checkpoint (--resume latest picks the newest intact one)")
     return path
 
 

@@ -210,8 +210,36 @@ def test_resume_with_unreadable_trainer_state(capsys, used_dir):
     (used_dir / "checkpoint-000001" / "trainer_state.json").write_text('{"step": 1, "cur')  # damaged by hand
     before = snapshot(used_dir)
     rc, lines = prorl_train(capsys, used_dir, "--resume", "latest")
-    assert_one_line_error(rc, lines, "trainer_state.json is unreadable (JSONDecodeError); resume from another checkpoint")
+    assert_one_line_error(rc, lines, "no intact checkpoint in")
+    assert "checkpoint-000001: trainer_state.json is unreadable (JSONDecodeError)" in lines[0]
     assert snapshot(used_dir) == before
+    # named explicitly, the same checkpoint is one line too
+    rc, lines = prorl_train(capsys, used_dir, "--resume", str(used_dir / "checkpoint-000001"))
+    assert_one_line_error(rc, lines, "trainer_state.json is unreadable (JSONDecodeError); resume from another checkpoint")
+
+
+def test_resume_with_a_truncated_safetensors_file_is_one_line(capsys, used_dir):
+    model = used_dir / "checkpoint-000001" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:-64])  # a copy or a disk cut short
+    before = snapshot(used_dir)
+    rc, lines = prorl_train(capsys, used_dir, "--resume", "latest")
+    assert_one_line_error(rc, lines, "no intact checkpoint in")
+    assert "model.safetensors is damaged" in lines[0]
+    assert snapshot(used_dir) == before
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.safetensors", "reference.safetensors"])
+def test_resume_latest_skips_a_damaged_newest_checkpoint(tmp_path, capsys, caplog, damaged):
+    out = tmp_path / "out"
+    assert prorl_train(capsys, out, max_steps=2, save_every=1, kl_beta=0.01)[0] == 0
+    f = out / "checkpoint-000002" / damaged
+    f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    rc, lines = prorl_train(capsys, out, "--resume", "latest", max_steps=3, save_every=1, kl_beta=0.01)
+    assert rc == 0, lines
+    assert f"checkpoint-000002 is damaged ({damaged} is damaged" in caplog.text
+    assert "resuming from checkpoint-000001 instead" in caplog.text
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # steps 2 and 3 trained again from checkpoint 1; none twice
 
 
 def test_resume_from_a_checkpoint_of_a_different_model(tmp_path, capsys, used_dir):
