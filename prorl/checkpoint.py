@@ -15,6 +15,7 @@ one line that names the newest intact checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -110,6 +111,12 @@ def checkpoint_damage(path: Path) -> str | None:
         except (OSError, ValueError) as e:
             return f"{f.name} is unreadable ({type(e).__name__})"
     return None
+
+
+def remove_if_empty(output_dir: str | os.PathLike) -> None:
+    """Remove `output_dir` if nothing was written into it (a run that failed at start)."""
+    with contextlib.suppress(OSError):
+        Path(output_dir).rmdir()  # fails, harmlessly, on a folder that holds anything
 
 
 def resolve_resume(resume: str, output_dir: str) -> Path | None:

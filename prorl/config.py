@@ -236,6 +236,8 @@ class Config:
         need(self.eval_max_prompts is None or self.eval_max_prompts >= 1, "eval_max_prompts", "must be >= 1 (or unset)")
         need(self.eval_temperature is None or self.eval_temperature > 0, "eval_temperature", "must be > 0 (or unset)")
         need(self.ref_reset_on_plateau >= 0, "ref_reset_on_plateau", "must be >= 0 (0 = off)")
+        need(self.dtype != "float16", "dtype", "AdamW's eps (1e-8) and small squared gradients are 0 in float16, so "
+             "its first update turns weights into inf/nan; use dtype=bfloat16 (the same memory) or float32 with mixed_precision=bf16")
         if self.report_to not in ("none", "all"):  # accelerate skips a tracker it cannot import, silently
             import importlib.util
 

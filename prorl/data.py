@@ -64,7 +64,9 @@ def load_prompt_dataset(cfg: Config) -> datasets.Dataset | datasets.IterableData
         )
     if len(ds) < total:
         log.warning("dataset=%r: skipped %d empty prompt(s) of %d", source, total - len(ds), total)
-    if not isinstance(ds.features.get("prompt"), _TYPED_FEATURES):  # an untyped (mixed JSON) column: look
+    feature = ds.features.get("prompt")
+    # untyped (mixed JSON) or list-typed (chat messages, or by mistake a list of strings): look at every value
+    if not isinstance(feature, _TYPED_FEATURES) or not isinstance(feature, datasets.Value):
         for prompt in ds["prompt"]:
             _check_prompt_value(prompt, source)
     if cfg.max_prompts is not None and len(ds) > cfg.max_prompts:
@@ -196,9 +198,17 @@ def _check_utf8(path: Path, source: str) -> None:
 
 
 def _check_prompt_value(prompt, source) -> None:
-    """One prompt of an untyped column (mixed JSON) or a stream: text or chat messages, nothing else."""
+    """One prompt that is not plain typed text: text or chat messages ({role, content} strings), nothing else."""
     if not isinstance(prompt, (str, list)):
         raise ConfigError(f"dataset={source!r}: a prompt is a {type(prompt).__name__}, not text; point prompt_column at the prompt text")
+    if isinstance(prompt, list):
+        for m in prompt:
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                what = f"a {type(m).__name__}" if not isinstance(m, dict) else f"a message with keys {sorted(m)}"
+                raise ConfigError(
+                    f"dataset={source!r}: a prompt is a list holding {what}; a list prompt must be chat messages, "
+                    "each {\"role\": ..., \"content\": ...} with text values (or make the prompt one string)"
+                )
 
 
 def _non_empty(prompt) -> bool:

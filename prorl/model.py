@@ -31,6 +31,12 @@ def load_model_and_tokenizer(cfg: Config, path: str | None = None):
         raise ConfigError(
             f"model_name_or_path={model_path!r} could not be loaded as a causal LM: {str(e).splitlines()[0]}"
         ) from None
+    rows = model.get_input_embeddings().num_embeddings if model.get_input_embeddings() is not None else None
+    if rows is not None and len(tokenizer) > rows:  # an id past the table crashes the first forward
+        raise ConfigError(
+            f"tokenizer {tok_path!r} has {len(tokenizer)} tokens but model {model_path!r} has {rows} embedding rows: "
+            "use the model's own tokenizer (unset tokenizer_name_or_path) or a model trained with this tokenizer"
+        )
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"tokenizer {tok_path!r} has neither a pad nor an eos token; add one to the tokenizer")
@@ -65,6 +71,11 @@ def mark_layers_for_recompute(model) -> None:
             module.training = True
 
 
+# Checkpoint classes (config.json "architectures") that hold no generating head.
+_NOT_GENERATORS = ("ForMaskedLM", "Model", "ForSequenceClassification", "ForTokenClassification",
+                   "ForQuestionAnswering", "ForPreTraining", "ForMultipleChoice", "ForNextSentencePrediction")
+
+
 def _check_model_source(model_path: str) -> None:
     """One line for the usual mistakes (no such folder, not a model folder, not a causal LM) before
     transformers' multi-line errors about repo ids and tokenizer backends."""
@@ -92,6 +103,14 @@ def _check_model_source(model_path: str) -> None:
         raise ConfigError(
             f"model_name_or_path={model_path!r} is a '{config.model_type}' model, which is not a causal LM "
             "(AutoModelForCausalLM cannot load it); use a decoder-only model"
+        )
+    # Encoders (BERT and kin) map to a causal-LM class too, but a BertModel or BertForMaskedLM checkpoint
+    # is no text generator: its weights have no causal head and its attention looks both ways.
+    heads = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
+    if heads and all(a.endswith(_NOT_GENERATORS) for a in heads):
+        raise ConfigError(
+            f"model_name_or_path={model_path!r} holds a {heads[0]} (no causal language-model head), which cannot "
+            "generate text; use a decoder-only model saved with its LM head (e.g. *ForCausalLM)"
         )
 
 

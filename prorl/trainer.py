@@ -132,7 +132,16 @@ class Trainer:
         self.cfg = cfg = config.validate()
         # cheap checks first: a bad launch or output_dir must not cost a model load to find out
         dist.shard_slice(cfg.batch_size, 0, _launched_world_size())
+        created = not Path(cfg.output_dir).exists()
         checkpoint.ensure_output_dir(cfg.output_dir, fresh=not cfg.resume)
+        try:
+            self._set_up(cfg, reward_funcs, accelerator)
+        except BaseException:  # a model, data or reward error must not leave an empty output_dir behind
+            if created:
+                checkpoint.remove_if_empty(cfg.output_dir)
+            raise
+
+    def _set_up(self, cfg: Config, reward_funcs, accelerator) -> None:
         trackers = None if cfg.report_to == "none" else cfg.report_to
         self.acc = accelerator or dist.make_accelerator(log_with=trackers, project_dir=cfg.output_dir, mixed_precision=cfg.mixed_precision)
         quiet_libraries()

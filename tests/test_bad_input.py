@@ -56,8 +56,8 @@ def assert_one_line_error(rc, lines, fragment):
 
 
 def assert_nothing_written(out: Path):
-    assert not list_checkpoints(out) and not (out / "metrics.jsonl").exists()
-    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
+    """`out` did not exist before the run: a run that stops at start leaves no folder behind."""
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,6 +92,30 @@ def _uninstalled_tracker() -> str:
     if not missing:
         pytest.skip("wandb and trackio are both installed here: no tracker is missing")
     return missing[0]
+
+
+def _bert_folder(t: Path) -> str:
+    from transformers import BertConfig, BertForMaskedLM
+
+    folder = t / "bert"
+    cfg = BertConfig(vocab_size=101, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    BertForMaskedLM(cfg).save_pretrained(folder)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_MODEL / f, folder)
+    return str(folder)
+
+
+def _small_vocab_model(t: Path) -> str:
+    """The tiny model's tokenizer (101 tokens) on a model with a 60-row embedding table."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(TINY_MODEL)
+    cfg.vocab_size = 60
+    folder = t / "small-vocab"
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_MODEL / f, folder)
+    return str(folder)
 
 
 ERRORS = [
@@ -166,6 +190,18 @@ ERRORS = [
      lambda t: ["--dataset", _write(t / "p.jsonl", '{"prompt": "1+1=", "solution": "2"}\n{"prompt": "2+2=", "solution": "4"}\n'),
                 "--reward_funcs", "exact_match"],
      "reward 'exact_match' needs column 'answer', which dataset="),
+    ("float16 weights",
+     lambda t: ["--dtype", "float16"], "dtype='float16' is invalid: AdamW's eps (1e-8) and small squared gradients are 0 in float16"),
+    ("a prompt that is a list of strings",
+     lambda t: ["--dataset", _write(t / "p.jsonl", '{"prompt": ["1+1=", "2+2="], "answer": "2"}\n')],
+     "a prompt is a list holding a str; a list prompt must be chat messages"),
+    ("chat messages without role or content",
+     lambda t: ["--dataset", _write(t / "p.jsonl", '{"prompt": [{"text": "1+1="}], "answer": "2"}\n')],
+     "a prompt is a list holding a message with keys ['text']"),
+    ("an encoder checkpoint as the policy",
+     lambda t: ["--model_name_or_path", _bert_folder(t)], "holds a BertForMaskedLM (no causal language-model head)"),
+    ("a tokenizer with more tokens than the model's embeddings",
+     lambda t: ["--model_name_or_path", _small_vocab_model(t)], "has 101 tokens but model"),
     ("kl_beta 0 with reference resets",
      lambda t: ["--ref_reset_every", "2"], "ref_reset_every=2 is invalid: resets the reference policy, and kl_beta=0"),
 ]
