@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, ConfigError
+from .model import _check_model_source
 
 BASE_FILE = "lora_base.safetensors"
 
@@ -119,6 +120,12 @@ def merge_checkpoint(checkpoint: str, out: str, base: str | None = None) -> Path
 
     peft = _peft()
     ckpt = Path(checkpoint)
+    if not ckpt.is_dir():
+        raise ConfigError(f"checkpoint {checkpoint!r} not found; pass a checkpoint-* folder of a LoRA run")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out!r} is an existing file; choose a folder path")
+    if Path(out).is_dir() and any(Path(out).iterdir()):
+        raise ConfigError(f"--out {out!r} is a folder that is not empty; choose a new folder (nothing is overwritten)")
     adapter_config = ckpt / "adapter_config.json"
     if not adapter_config.exists():
         raise ConfigError(
@@ -132,9 +139,13 @@ def merge_checkpoint(checkpoint: str, out: str, base: str | None = None) -> Path
             raise ConfigError(f"{checkpoint!r} does not name its base model; pass --base MODEL")
     if Path(out).resolve() == ckpt.resolve():
         raise ConfigError(f"--out {out!r} is the checkpoint itself; choose a new folder")
+    try:  # the same one-line checks as training's model loading
+        _check_model_source(str(base))
+    except ConfigError as e:
+        raise ConfigError(f"base model: {e}; pass --base MODEL") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(base)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ConfigError(f"base model {base!r} could not be loaded ({str(e).splitlines()[0]}); pass --base MODEL") from None
     load_base_weights(model, ckpt)
     merged = peft.PeftModel.from_pretrained(model, str(ckpt)).merge_and_unload()

@@ -671,7 +671,8 @@ class Trainer:
                     "best_eval": self.best_eval,
                     "evals_since_best": self.evals_since_best,
                     "num_processes": acc.num_processes,
-                    "model_name_or_path": self.cfg.model_name_or_path,
+                    # absolute when local: `prorl merge` must find the base from any working directory
+                    "model_name_or_path": _loadable_from_anywhere(self.cfg.resolved_model_path()),
                     "model_fingerprint": _fingerprint(model_state),
                     "config": self.cfg.to_dict(),
                 },
@@ -707,6 +708,12 @@ def _fingerprint(state: dict) -> str:
 
     shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in state.items())
     return hashlib.sha256(shapes.encode()).hexdigest()[:16]
+
+
+def _loadable_from_anywhere(model_path: str) -> str:
+    """A local model folder as an absolute path; a Hub id as it is."""
+    p = Path(model_path).expanduser()
+    return str(p.resolve()) if p.exists() else model_path
 
 
 def _check_same_model(cfg: Config, path: Path) -> None:

@@ -288,3 +288,30 @@ def test_activation_checkpointing_with_lora_trains_the_adapters(tmp_path):
     ckpt, m_ckpt, saved_ckpt = _one_step(tmp_path / "ckpt", lora_r=4, learning_rate=1e-2, activation_checkpointing=True)
     assert saved_ckpt < 0.5 * saved_plain, (saved_ckpt, saved_plain)
     assert m_ckpt["grad_norm"] > 0 and m_ckpt["grad_norm"] == pytest.approx(m_plain["grad_norm"], rel=1e-4)
+
+
+def test_merge_from_another_folder_and_its_bad_arguments(tmp_path, tiny_model, monkeypatch):
+    """A LoRA run started with a relative model path merges from any working directory; a wrong
+    --out, checkpoint or --base is one line (exit 2), and nothing is written or overwritten."""
+    pytest.importorskip("peft", reason="LoRA needs the peft extra: pip install 'prorl[peft]'")
+    monkeypatch.chdir(REPO)
+    Trainer(small_run(tmp_path, max_steps=1, lora_r=4, save_every=1, model_name_or_path="data/tiny-arith")).train()
+    ckpt = tmp_path / "out" / "checkpoint-000001"
+
+    def merge(*args):
+        r = subprocess.run([sys.executable, "-m", "prorl", "merge", *map(str, args)], capture_output=True, text=True, cwd=tmp_path)
+        return r.returncode, r.stderr.strip().splitlines()
+
+    rc, err = merge(ckpt, "--out", tmp_path / "merged")
+    assert rc == 0, err
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    (tmp_path / "a-file").write_text("keep me")
+    for args, fragment in [
+        ((ckpt, "--out", tmp_path / "a-file"), "is an existing file; choose a folder path"),
+        ((ckpt, "--out", tmp_path / "merged"), "is a folder that is not empty"),
+        ((tmp_path / "nope", "--out", tmp_path / "m3"), "not found; pass a checkpoint-* folder of a LoRA run"),
+        ((ckpt, "--out", tmp_path / "m4", "--base", tmp_path / "no-model"), "base model: model_name_or_path="),
+    ]:
+        rc, err = merge(*args)
+        assert rc == 2 and len(err) == 1 and fragment in err[0], (args, err)
+    assert (tmp_path / "a-file").read_text() == "keep me" and not (tmp_path / "m3").exists() and not (tmp_path / "m4").exists()
