@@ -272,8 +272,9 @@ def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
 
 def steps_per_epoch(n_prompts: int, batch_size: int) -> int:
     """Optimizer steps that make one epoch: n_epochs x this is the run's length. When batch_size does
-    not divide the dataset, the prompt stream simply runs on into the next epoch's order."""
-    return n_prompts // batch_size
+    not divide the dataset, the prompt stream simply runs on into the next epoch's order; a dataset
+    smaller than one batch makes one step an epoch (its batches repeat prompts)."""
+    return max(n_prompts // batch_size, 1)
 
 
 class PromptStream:

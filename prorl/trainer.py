@@ -177,6 +177,9 @@ class Trainer:
 
         self.dataset = load_prompt_dataset(cfg)
         self.eval_set = load_prompt_dataset(cfg.eval_config()) if cfg.eval_every else None
+        if cfg.eval_every and not cfg.eval_dataset and cfg.dataset and Path(cfg.dataset).is_file() and self.acc.is_main_process:
+            log.warning("eval_every=%d: dataset=%r is one file with no '%s' split, so the held-out evaluation scores the "
+                        "training prompts; set eval_dataset to a held-out file", cfg.eval_every, cfg.dataset, cfg.eval_split)
         self.best_eval, self.evals_since_best = -1.0, 0
         if cfg.streaming:  # read by the main process only, batches broadcast (see _draw_prompts)
             self.stream = StreamingPrompts(self.dataset, cfg.seed, cfg.shuffle_buffer, cfg.dataset)
@@ -184,8 +187,9 @@ class Trainer:
         else:
             self.stream = PromptStream(len(self.dataset), cfg.seed)
             self.steps_per_epoch = steps_per_epoch(len(self.dataset), cfg.batch_size)
-            if self.steps_per_epoch == 0:
-                raise ConfigError(f"the dataset has {len(self.dataset)} prompts, fewer than batch_size={cfg.batch_size}; lower batch_size")
+            if len(self.dataset) < cfg.batch_size and self.acc.is_main_process:
+                log.warning("the dataset has %d prompts, fewer than batch_size=%d: each step draws some of them more than once "
+                            "(each draw samples new completions)", len(self.dataset), cfg.batch_size)
             self.total_steps = cfg.max_steps or cfg.n_epochs * self.steps_per_epoch
         dist.local_slice(cfg.batch_size, self.acc)  # batch_size must divide by this job's process count
 

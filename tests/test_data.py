@@ -232,3 +232,29 @@ def test_a_dataset_without_rows_says_so(tmp_path, name, content):
         path.write_text(content)
     with pytest.raises(ConfigError, match="has no rows"):
         load_prompt_dataset(cfg(dataset=str(path)))
+
+
+def test_a_dataset_smaller_than_a_batch_trains_with_a_warning(tmp_path, caplog):
+    """The README says batches straddle epochs: a 3-prompt set with batch_size 4 draws one prompt twice."""
+    from prorl import Trainer
+
+    from .conftest import small_run
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "answer": str(2 * a)}) + "\n" for a in (1, 2, 3)))
+    tr = Trainer(small_run(tmp_path, dataset=str(path), batch_size=4, max_steps=None, n_epochs=1, save_every=0))
+    assert tr.total_steps == 1 and tr.stream.rows(0, 4)[3] in tr.stream.rows(0, 3)
+    m = tr.train()
+    assert m["step"] == 1 and m["groups"] == 4
+    assert "the dataset has 3 prompts, fewer than batch_size=4" in caplog.text
+
+
+def test_evaluating_a_single_training_file_says_it_is_not_held_out(tmp_path, caplog):
+    from prorl import Trainer
+
+    from .conftest import small_run
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "answer": str(2 * a)}) + "\n" for a in range(8)))
+    Trainer(small_run(tmp_path, dataset=str(path), eval_every=2, eval_max_prompts=4))
+    assert "is one file with no 'test' split, so the held-out evaluation scores the training prompts" in caplog.text
