@@ -214,6 +214,10 @@ class Config:
         need(self.kl_beta >= 0, "kl_beta", "must be >= 0")
         need(self.ref_reset_every >= 0, "ref_reset_every", "must be >= 0 (0 = never)")
         need(self.lora_r >= 0, "lora_r", "must be >= 0 (0 = full fine-tuning)")
+        need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+        need(self.lora_alpha > 0, "lora_alpha", "must be > 0")
+        need(bool(self.lora_target_modules) and all(isinstance(m, str) and m for m in self.lora_target_modules),
+             "lora_target_modules", "must name at least one module (e.g. all-linear, or q_proj v_proj)")
         need(0 < self.ref_ema_alpha <= 1, "ref_ema_alpha", "must be in (0, 1]")
         need(self.dynamic_sampling_rounds >= 0, "dynamic_sampling_rounds", "must be >= 0 (0 = off)")
         need(self.dynamic_sampling_rounds == 0 or self.skip_zero_signal, "dynamic_sampling_rounds", "needs skip_zero_signal=true (it refills skipped groups)")

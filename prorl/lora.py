@@ -40,7 +40,14 @@ def attach_lora(model, cfg: Config, resume_path=None):
         target_modules=targets[0] if targets == ["all-linear"] else targets,
         task_type="CAUSAL_LM",
     )
-    return peft.get_peft_model(model, config)
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as e:  # e.g. no module matches lora_target_modules
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(
+            f"lora_target_modules={targets!r}: PEFT refused them ({str(e).splitlines()[0][:200]}); "
+            f"this model's linear layers are named {', '.join(linear)} (or use all-linear)"
+        ) from None
 
 
 @contextlib.contextmanager

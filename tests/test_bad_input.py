@@ -94,6 +94,11 @@ def _uninstalled_tracker() -> str:
     return missing[0]
 
 
+def _needs_peft() -> list:
+    pytest.importorskip("peft", reason="LoRA needs the peft extra (in the test extra)")
+    return []
+
+
 def _bert_folder(t: Path) -> str:
     from transformers import BertConfig, BertForMaskedLM
 
@@ -202,6 +207,11 @@ ERRORS = [
      lambda t: ["--model_name_or_path", _bert_folder(t)], "holds a BertForMaskedLM (no causal language-model head)"),
     ("a tokenizer with more tokens than the model's embeddings",
      lambda t: ["--model_name_or_path", _small_vocab_model(t)], "has 101 tokens but model"),
+    ("LoRA target modules that match nothing",
+     lambda t: _needs_peft() + ["--lora_r", "4", "--lora_target_modules", "nope_proj"],
+     "lora_target_modules=['nope_proj']: PEFT refused them"),
+    ("LoRA dropout out of range",
+     lambda t: ["--lora_r", "4", "--lora_dropout", "1.5"], "lora_dropout=1.5 is invalid: must be in [0, 1)"),
     ("kl_beta 0 with reference resets",
      lambda t: ["--ref_reset_every", "2"], "ref_reset_every=2 is invalid: resets the reference policy, and kl_beta=0"),
 ]
