@@ -174,7 +174,7 @@ class Config:
     save_total_limit: int | None = opt(None, "Keep only the newest K checkpoints (unset = keep all; the newest is never deleted).")
     log_every: int = opt(1, "Print a metrics line every N steps (metrics.jsonl gets every step).")
     resume: str | None = opt(None, "Resume from 'latest' (newest checkpoint in output_dir), 'auto' (latest if there is one, else start fresh: the same command works before and after a pre-emption) or a checkpoint folder.")
-    progress_bar: bool = opt(True, "Show a progress bar (main process only).")
+    progress_bar: bool = opt(True, "Show a progress bar (main process only, and only when stderr is a terminal: a log file gets plain lines).")
     report_to: str = opt("none", "Experiment tracker through accelerate (same metric names as metrics.jsonl).", choices=TRACKERS)
     run_name: str | None = opt(None, "Run name shown by the tracker (default: the output_dir's name).")
 

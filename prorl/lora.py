@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, ConfigError
-from .model import _check_model_source
+from .model import _check_model_source, quiet_libraries
 
 BASE_FILE = "lora_base.safetensors"
 
@@ -126,6 +126,7 @@ def merge_checkpoint(checkpoint: str, out: str, base: str | None = None) -> Path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     peft = _peft()
+    quiet_libraries()  # no "Loading weights" / "Writing model shards" bars around the one line merge prints
     ckpt = Path(checkpoint)
     if not ckpt.is_dir():
         raise ConfigError(f"checkpoint {checkpoint!r} not found; pass a checkpoint-* folder of a LoRA run")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import warnings
 from pathlib import Path
 
 import torch
@@ -141,5 +142,7 @@ def quiet_libraries() -> None:
     import transformers
 
     datasets.disable_progress_bars()
+    # PEFT calls transformers' renamed is_gradient_checkpointing; the warning is theirs, not the user's
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()

@@ -234,7 +234,10 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             trim_metrics(self.out_dir / "metrics.jsonl", self.step)
             trim_metrics(self.out_dir / "samples.jsonl", self.step)  # a rerun rewrites these steps too
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress_bar and acc.is_main_process), desc="prorl")
+        # a bar only on a terminal: redirected to a file, its \r redraws would bury the step lines
+        on_terminal = sys.stderr.isatty()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="prorl",
+                   disable=not (cfg.progress_bar and acc.is_main_process and on_terminal))
         if cfg.report_to != "none":
             name = cfg.run_name or Path(cfg.output_dir).resolve().name
             acc.init_trackers(name, config=_flat_config(cfg))

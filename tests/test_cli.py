@@ -38,3 +38,18 @@ def test_cli_trains_with_yaml_and_overrides(tmp_path):
     r = run("train", "--config", str(cfg), "--output_dir", str(tmp_path / "o"), "--progress_bar", "false")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "o" / "checkpoint-000001" / "model.safetensors").exists()
+
+
+def test_a_log_file_gets_plain_lines_and_no_library_noise(tmp_path):
+    """stderr redirected (not a terminal): no progress-bar \\r redraws, no PEFT FutureWarning, no
+    loading bars; merge prints its one line."""
+    import pytest
+
+    pytest.importorskip("peft", reason="LoRA needs the peft extra (in the test extra)")
+    r = run("train", "--model_name_or_path", str(TINY_MODEL), "--batch_size", "2", "--n_samples", "2", "--max_length", "4",
+            "--max_steps", "2", "--log_every", "1", "--lora_r", "4", "--output_dir", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "\r" not in r.stderr and "FutureWarning" not in r.stderr and "Warning" not in r.stderr, r.stderr[-2000:]
+    assert [l for l in r.stdout.splitlines() + r.stderr.splitlines() if l.startswith("step ")], "no step lines"
+    m = run("merge", str(tmp_path / "o" / "checkpoint-000002"), "--out", str(tmp_path / "merged"))
+    assert m.returncode == 0 and m.stderr.strip() == "" and m.stdout.strip().endswith("merged"), (m.stdout, m.stderr)
