@@ -27,10 +27,15 @@ class _OneLineParser(argparse.ArgumentParser):
         if "unrecognized arguments" in message:
             unknown = message.split(":", 1)[1].split()
             flag = next((u for u in unknown if u.startswith("--")), unknown[0])
-            near = difflib.get_close_matches(flag.lstrip("-").split("=")[0], [f.name for f in _options()], n=1)
-            hint = f" (did you mean --{near[0]}?)" if near else ""
             command = getattr(self, "command", None) or self.prog.split()[-1]
-            message = f"unknown option {flag}{hint}; `prorl {command} --help` lists them"
+            name = flag.lstrip("-").split("=")[0]
+            offered = EVAL_OPTIONS if command == "eval" else [f.name for f in _options()]
+            if command == "eval" and name in {f.name for f in _options()}:
+                message = f"--{name} is a training option; `prorl eval` does not read it (`prorl eval --help` lists what it does)"
+            else:
+                near = difflib.get_close_matches(name, list(offered), n=1)
+                hint = f" (did you mean --{near[0]}?)" if near else ""
+                message = f"unknown option {flag}{hint}; `prorl {command} --help` lists them"
         sys.stderr.write(f"prorl: error: {message}\n")
         sys.exit(EXIT_USAGE)
 
@@ -41,10 +46,26 @@ def _options():
     return dataclasses.fields(Config)
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+# What `prorl eval` reads of the training options: data, rewards, sampling, precision. The rest
+# (batch shape, loss, optimizer, reference, checkpoints) means nothing there and is not offered.
+EVAL_OPTIONS = (
+    "tokenizer_name_or_path", "dataset", "dataset_config", "dataset_split", "data_files", "prompt_column", "rename_columns",
+    "max_prompts", "streaming", "shuffle_buffer", "chat_template", "system_prompt", "max_prompt_length",
+    "reward_funcs", "reward_weights", "reward_kwargs", "reward_fallback", "reward_strict", "reward_timeout",
+    "max_length", "temperature", "top_p", "top_k", "rollout_engine", "cuda_graphs", "vllm_gpu_memory_utilization",
+    "vllm_kwargs", "eval_threshold", "dtype", "mixed_precision", "seed", "deterministic",
+)
+EVAL_DEFAULTS = {"dataset_split": "test"}
+
+
+def _add_config_options(parser: argparse.ArgumentParser, only: tuple | None = None, defaults: dict | None = None) -> None:
     types_ = _field_types()
     group = parser.add_argument_group("options (YAML keys; the command line wins over --config)")
     for name, tname, default, help_ in option_table():
+        if only is not None and name not in only:
+            continue
+        if defaults and name in defaults:
+            default = repr(defaults[name])
         base, _ = _unwrap_optional(types_[name])
         kw: dict = {"default": argparse.SUPPRESS, "help": f"{help_} [{tname}, default {default}]", "metavar": "VALUE"}
         if base is bool:
@@ -69,8 +90,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--k", default="1", help="comma-separated k values, e.g. 1,4,16 [default 1]")
     ev.add_argument("--n", type=int, default=None, help="samples per prompt [default: the largest k]")
     ev.add_argument("--json", metavar="FILE", help="also write the result to this JSON file")
-    ev.add_argument("--config", metavar="FILE.yaml", help="YAML file of options")
-    _add_config_options(ev)
+    ev.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (training-only keys in it are ignored)")
+    _add_config_options(ev, only=EVAL_OPTIONS, defaults=EVAL_DEFAULTS)
 
     pl = sub.add_parser("plot", help="PNG charts of a run", description="Write PNG charts of OUTPUT_DIR/metrics.jsonl.")
     pl.add_argument("output_dir", help="a training run's output_dir")

@@ -53,3 +53,16 @@ def test_a_log_file_gets_plain_lines_and_no_library_noise(tmp_path):
     assert [l for l in r.stdout.splitlines() + r.stderr.splitlines() if l.startswith("step ")], "no step lines"
     m = run("merge", str(tmp_path / "o" / "checkpoint-000002"), "--out", str(tmp_path / "merged"))
     assert m.returncode == 0 and m.stderr.strip() == "" and m.stdout.strip().endswith("merged"), (m.stdout, m.stderr)
+
+
+def test_eval_help_lists_what_eval_reads_with_its_own_defaults():
+    r = run("eval", "--help")
+    assert r.returncode == 0
+    help_line = r.stdout.split("\n  --dataset_split", 1)[1].split("\n  --", 1)[0]
+    assert "default 'test'" in help_line, help_line
+    assert "--temperature" in r.stdout and "--reward_funcs" in r.stdout
+    for training_only in ("--learning_rate", "--batch_size", "--kl_beta", "--save_every", "--output_dir", "--lora_r"):
+        assert training_only not in r.stdout, training_only
+    bad = run("eval", "--model", str(TINY_MODEL), "--learning_rate", "0.1")
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "prorl: error: --learning_rate is a training option; `prorl eval` does not read it (`prorl eval --help` lists what it does)")
