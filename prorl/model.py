@@ -82,8 +82,18 @@ def _check_model_source(model_path: str) -> None:
     transformers' multi-line errors about repo ids and tokenizer backends."""
     p = Path(model_path).expanduser()
     local = p.exists() or model_path.startswith((".", "/", "~")) or model_path.count("/") > 1
-    if not local:
-        return  # a Hub id: transformers reports what went wrong with the download
+    if not local:  # a Hub id: one line naming the model when it cannot be had (offline, misspelt, private)
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(model_path)
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"model_name_or_path={model_path!r} is not a local folder and could not be loaded from the Hub "
+                f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); give a model folder (with config.json) "
+                "or check the model id and your network"
+            ) from None
+        return
     if not p.is_dir():
         raise ConfigError(
             f"model_name_or_path={model_path!r} could not be loaded: no such folder; give a model folder (with config.json) or a Hub model id"

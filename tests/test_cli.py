@@ -66,3 +66,14 @@ def test_eval_help_lists_what_eval_reads_with_its_own_defaults():
     bad = run("eval", "--model", str(TINY_MODEL), "--learning_rate", "0.1")
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "prorl: error: --learning_rate is a training option; `prorl eval` does not read it (`prorl eval --help` lists what it does)")
+
+
+def test_an_unknown_model_id_is_the_same_line_for_train_and_eval(tmp_path):
+    """A bare name is a Hub id: offline (as in the tests) or misspelt, train and eval say the same."""
+    t = run("train", "--model_name_or_path", "no-such-model-xyz", "--output_dir", str(tmp_path / "o"))
+    e = run("eval", "--model", "no-such-model-xyz")
+    assert t.returncode == e.returncode == 2
+    assert t.stderr.strip().splitlines() == e.stderr.strip().splitlines()
+    line = t.stderr.strip().splitlines()
+    assert len(line) == 1 and "model_name_or_path='no-such-model-xyz' is not a local folder and could not be loaded from the Hub" in line[0]
+    assert not (tmp_path / "o").exists()
