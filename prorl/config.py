@@ -8,6 +8,7 @@ start with one line naming the option and the allowed values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -20,6 +21,13 @@ import yaml
 
 class ConfigError(ValueError):
     """A user mistake in the configuration; the CLI prints it as one line and exits with code 2."""
+
+
+# options that name a file, folder, model, split or column: never blank
+_NAMES_AND_PATHS = ("model_name_or_path", "tokenizer_name_or_path", "dataset", "dataset_config", "dataset_split",
+                    "data_files", "prompt_column", "eval_dataset", "eval_split", "output_dir", "resume", "run_name")
+# float options for which inf is a meaningful "no limit"
+_INFINITY_MEANS_OFF = ("reward_timeout", "eps_high", "dual_clip", "max_grad_norm")
 
 
 def choices_of(f) -> tuple | None:
@@ -190,6 +198,18 @@ class Config:
         def need(cond: bool, name: str, rule: str):
             if not cond:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {rule}")
+
+        # Every option is untrusted input: a name or path given blank, or a number given nan/inf, is
+        # refused here rather than met later (an empty output_dir is the working directory, a nan
+        # fallback reward poisons every advantage, an infinite oversample overflows).
+        for name in _NAMES_AND_PATHS:
+            value = getattr(self, name)
+            need(value is None or (isinstance(value, str) and value.strip() != ""), name, "must not be blank (leave it unset instead)")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and f.name not in _INFINITY_MEANS_OFF:
+                need(math.isfinite(value), f.name, "must be a finite number")
+        need(0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)")
 
         need(self.n_samples >= 2, "n_samples", "must be >= 2 (advantages are normalised within each prompt's group)")
         need(self.batch_size >= 1, "batch_size", "must be >= 1 prompt per step")

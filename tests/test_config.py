@@ -40,6 +40,11 @@ def test_cli_parses_types():
         ({"loss_agg": "mean"}, "loss_agg='mean' is not allowed; choose one of: token_mean"),
         ({"reward_weights": [1.0, 2.0]}, "reward_weights has 2 values but reward_funcs has 1"),
         ({"deterministic": "maybe"}, "deterministic='maybe' is not a valid bool"),
+        # every option is untrusted input: blank names and paths, nan/inf numbers, seeds torch cannot take
+        ({"output_dir": ""}, "output_dir='' is invalid: must not be blank"),
+        ({"reward_fallback": float("nan")}, "reward_fallback=nan is invalid: must be a finite number"),
+        ({"oversample": float("inf")}, "oversample=inf is invalid: must be a finite number"),
+        ({"seed": -1}, "seed=-1 is invalid: must be in [0, 2**63)"),
         # no reference to reset: refused, rather than logging resets that did nothing
         ({"kl_beta": 0.0, "ref_reset_every": 5}, "ref_reset_every=5 is invalid: resets the reference policy, and kl_beta=0"),
         ({"kl_beta": 0.0, "eval_every": 5, "ref_reset_on_plateau": 2}, "ref_reset_on_plateau=2 is invalid: resets the reference"),
