@@ -319,3 +319,28 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int | None) -> list[P
         path.rename(trash)  # atomic: a crash mid-delete never leaves a half checkpoint that looks complete
         shutil.rmtree(trash, ignore_errors=True)
     return doomed
+
+
+def model_fingerprint(state: dict) -> str:
+    """A short hash of a model state's names and shapes: a resume checks it is the same model."""
+    import hashlib
+
+    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in state.items())
+    return hashlib.sha256(shapes.encode()).hexdigest()[:16]
+
+
+def loadable_from_anywhere(model_path: str) -> str:
+    """A local model folder as an absolute path; a Hub id as it is."""
+    p = Path(model_path).expanduser()
+    return str(p.resolve()) if p.exists() else model_path
+
+
+def check_same_model(cfg, path: Path) -> None:
+    """One line when a resume names a checkpoint trained from another model than the config's."""
+    state = load_trainer_state(path)
+    want = state.get("config", {}).get("model_name_or_path")
+    if want is not None and want != cfg.model_name_or_path:
+        raise ConfigError(
+            f"resume={str(path)!r} was trained from model {want!r}, not {cfg.model_name_or_path!r}; "
+            "set model_name_or_path to match or start a new output_dir"
+        )

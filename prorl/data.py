@@ -375,14 +375,18 @@ def render_prompts(prompts: list, tokenizer, cfg: Config) -> RenderedPrompts:
     return RenderedPrompts(out, templated)
 
 
-def prompt_tokenizer(tokenizer, max_prompt_length: int, device, *, warn: bool = True):
+def prompt_tokenizer(tokenizer, max_prompt_length: int, device, *, warn: bool = True, vocab_rows: int | None = None):
     """prompts -> (ids, mask) on `device`: the one tokenisation training and evaluation share
-    (`tokenize_prompts`, plus a warning when prompts were cut to max_prompt_length)."""
+    (`tokenize_prompts`, plus a warning when prompts were cut to max_prompt_length). With
+    `vocab_rows`, an id past the model's embedding table is one line, not an IndexError."""
 
     def tokenize(prompts):
         ids, mask, too_long = tokenize_prompts(tokenizer, prompts, max_prompt_length)
         if too_long and warn:
             log.warning("%d prompt(s) longer than max_prompt_length=%d tokens were truncated from the left", too_long, max_prompt_length)
+        if vocab_rows is not None and ids.numel() and int(ids.max()) >= vocab_rows:
+            raise ConfigError(f"a prompt holds token id {int(ids.max())} but the model has only {vocab_rows} embedding rows: "
+                              "use the model's own tokenizer (unset tokenizer_name_or_path)")
         return ids.to(device), mask.to(device)
 
     return tokenize

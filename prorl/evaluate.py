@@ -17,7 +17,7 @@ import torch
 
 from . import dist
 from .data import load_prompt_dataset, prompt_tokenizer, render_prompts
-from .model import eos_ids, load_model_and_tokenizer, quiet_libraries
+from .model import embedding_rows, eos_ids, load_model_and_tokenizer, quiet_libraries
 from .rewards import rewards_from_config, score_rollout
 from .rollout import generate
 from .sampling import sample_keys
@@ -130,7 +130,8 @@ def run_eval(cfg, *, ks: list[int], n: int) -> dict:
     result = evaluate(
         model, tokenizer, prompts, columns, rewards, acc=acc, n=n, ks=ks, max_length=cfg.max_length,
         temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed, threshold=cfg.eval_threshold,
-        tokenize=prompt_tokenizer(tokenizer, cfg.max_prompt_length, acc.device, warn=acc.is_main_process),
+        tokenize=prompt_tokenizer(tokenizer, cfg.max_prompt_length, acc.device, warn=acc.is_main_process,
+                                  vocab_rows=embedding_rows(model) if cfg.rollout_engine == "hf" else None),
         eos_token_ids=eos_ids(model, tokenizer), sampler=sampler,
     )
     result["model"] = cfg.model_name_or_path

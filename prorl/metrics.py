@@ -86,3 +86,8 @@ def format_line(m: dict) -> str:
         f"| kl {m['kl']:.4f} | clip {m['clip_frac']:.3f} | ent {m['entropy']:.3f} | len {m['completion_len_mean']:.1f} "
         f"| skipped {m['skipped_groups']}/{m['groups']} | {m['step_time']:.2f}s"
     )
+
+
+def flat_config(cfg) -> dict:
+    """Trackers take scalars (TensorBoard's hparams); lists and dicts are written as text."""
+    return {k: v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v) for k, v in cfg.to_dict().items()}

@@ -32,12 +32,6 @@ def load_model_and_tokenizer(cfg: Config, path: str | None = None):
         raise ConfigError(
             f"model_name_or_path={model_path!r} could not be loaded as a causal LM: {str(e).splitlines()[0]}"
         ) from None
-    rows = model.get_input_embeddings().num_embeddings if model.get_input_embeddings() is not None else None
-    if rows is not None and len(tokenizer) > rows:  # an id past the table crashes the first forward
-        raise ConfigError(
-            f"tokenizer {tok_path!r} has {len(tokenizer)} tokens but model {model_path!r} has {rows} embedding rows: "
-            "use the model's own tokenizer (unset tokenizer_name_or_path) or a model trained with this tokenizer"
-        )
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"tokenizer {tok_path!r} has neither a pad nor an eos token; add one to the tokenizer")
@@ -45,6 +39,31 @@ def load_model_and_tokenizer(cfg: Config, path: str | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()  # dropout off: sampling and training see the same policy (ratio is exactly 1 on-policy)
     return model, tokenizer
+
+
+def embedding_rows(model) -> int | None:
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return getattr(emb, "num_embeddings", None)
+
+
+def check_token_ids(tokenizer, model, prompts, max_prompt_length: int, source: str) -> None:
+    """One line at start when ids the model will be fed (padding, and the tokens of the first prompts)
+    lie past its embedding table: a tokenizer of another model, or a model with a smaller vocabulary.
+    Ids the model can never see (an EOS row it cannot emit) are fine; every batch is checked again
+    as it is tokenised (`data.prompt_tokenizer`)."""
+    from .data import tokenize_prompts
+
+    rows = embedding_rows(model)
+    if rows is None:
+        return
+    ids, mask, _ = tokenize_prompts(tokenizer, prompts, max_prompt_length)
+    used = ids[mask.bool()]
+    top = max(int(used.max()) if used.numel() else -1, int(tokenizer.pad_token_id))
+    if top >= rows:
+        raise ConfigError(
+            f"the tokenizer gives token id {top} (on dataset={source!r}'s prompts or as padding) but the model has only "
+            f"{rows} embedding rows: use the model's own tokenizer (unset tokenizer_name_or_path) or a model trained with this tokenizer"
+        )
 
 
 def enable_activation_checkpointing(model) -> None:

@@ -28,12 +28,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import algos, checkpoint, dist
-from .config import Config, ConfigError
+from .config import Config
 from .data import PromptStream, StreamingPrompts, load_prompt_dataset, prompt_tokenizer, render_prompts, steps_per_epoch
 from .evaluate import evaluate
 from .logprobs import completion_logprobs
-from .metrics import format_eval, format_line, step_metrics, trim_metrics
-from .model import enable_activation_checkpointing, eos_ids, load_model_and_tokenizer, mark_layers_for_recompute, quiet_libraries, set_seed
+from .metrics import flat_config, format_eval, format_line, step_metrics, trim_metrics
+from .model import (
+    check_token_ids, embedding_rows, enable_activation_checkpointing, eos_ids, load_model_and_tokenizer, mark_layers_for_recompute,
+    quiet_libraries, set_seed,
+)
 from .reference import Reference
 from .rewards import rewards_from_config, score_rollout
 from .rollout import concat_rollouts, generate
@@ -150,7 +153,7 @@ class Trainer:
 
         resume_path = checkpoint.resolve_resume(cfg.resume, cfg.output_dir) if cfg.resume else None
         if resume_path is not None:
-            _check_same_model(cfg, resume_path)
+            checkpoint.check_same_model(cfg, resume_path)
         self.model, self.tokenizer = load_model_and_tokenizer(
             cfg, str(resume_path) if resume_path and not cfg.lora_r else None
         )
@@ -194,6 +197,10 @@ class Trainer:
         dist.local_slice(cfg.batch_size, self.acc)  # batch_size must divide by this job's process count
 
         self.rewards = rewards_from_config(cfg, reward_funcs)
+        if not cfg.streaming:  # the first prompts, tokenised as training will: ids past the embedding table
+            first = self.dataset[: min(len(self.dataset), 256)]["prompt"]
+            check_token_ids(self.tokenizer, self.model, render_prompts(first, self.tokenizer, cfg), cfg.max_prompt_length,
+                            cfg.dataset or "builtin")
         for ds, source in ((self.dataset, cfg.dataset), (self.eval_set, cfg.eval_dataset or cfg.dataset)):
             if getattr(ds, "column_names", None) is not None:  # a stream may not know its columns yet
                 self.rewards.check_columns([c for c in ds.column_names if c != "prompt"], source or "builtin")
@@ -219,7 +226,8 @@ class Trainer:
         if self.reference is not None:
             self.reference.prepare()
         self.device = self.acc.device
-        self.tokenize = prompt_tokenizer(self.tokenizer, cfg.max_prompt_length, self.device, warn=self.acc.is_main_process)
+        self.tokenize = prompt_tokenizer(self.tokenizer, cfg.max_prompt_length, self.device, warn=self.acc.is_main_process,
+                                         vocab_rows=embedding_rows(self.acc.unwrap_model(self.model)))
         self.weights_version = 0  # bumped by every optimizer step; the vLLM engine syncs when it lags
         self.engine = None
         if cfg.rollout_engine == "vllm":
@@ -240,7 +248,7 @@ class Trainer:
                    disable=not (cfg.progress_bar and acc.is_main_process and on_terminal))
         if cfg.report_to != "none":
             name = cfg.run_name or Path(cfg.output_dir).resolve().name
-            acc.init_trackers(name, config=_flat_config(cfg))
+            acc.init_trackers(name, config=flat_config(cfg))
         last = {}
         stop = _StopSignal()
         try:
@@ -679,8 +687,8 @@ class Trainer:
                     "evals_since_best": self.evals_since_best,
                     "num_processes": acc.num_processes,
                     # absolute when local: `prorl merge` must find the base from any working directory
-                    "model_name_or_path": _loadable_from_anywhere(self.cfg.resolved_model_path()),
-                    "model_fingerprint": _fingerprint(model_state),
+                    "model_name_or_path": checkpoint.loadable_from_anywhere(self.cfg.resolved_model_path()),
+                    "model_fingerprint": checkpoint.model_fingerprint(model_state),
                     "config": self.cfg.to_dict(),
                 },
             )
@@ -704,30 +712,3 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------
-
-def _flat_config(cfg: Config) -> dict:
-    """Trackers take scalars (TensorBoard's hparams); lists and dicts are written as text."""
-    return {k: v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v) for k, v in cfg.to_dict().items()}
-
-
-def _fingerprint(state: dict) -> str:
-    import hashlib
-
-    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in state.items())
-    return hashlib.sha256(shapes.encode()).hexdigest()[:16]
-
-
-def _loadable_from_anywhere(model_path: str) -> str:
-    """A local model folder as an absolute path; a Hub id as it is."""
-    p = Path(model_path).expanduser()
-    return str(p.resolve()) if p.exists() else model_path
-
-
-def _check_same_model(cfg: Config, path: Path) -> None:
-    state = checkpoint.load_trainer_state(path)
-    want = state.get("config", {}).get("model_name_or_path")
-    if want is not None and want != cfg.model_name_or_path:
-        raise ConfigError(
-            f"resume={str(path)!r} was trained from model {want!r}, not {cfg.model_name_or_path!r}; "
-            "set model_name_or_path to match or start a new output_dir"
-        )

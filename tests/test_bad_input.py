@@ -206,7 +206,7 @@ ERRORS = [
     ("an encoder checkpoint as the policy",
      lambda t: ["--model_name_or_path", _bert_folder(t)], "holds a BertForMaskedLM (no causal language-model head)"),
     ("a tokenizer with more tokens than the model's embeddings",
-     lambda t: ["--model_name_or_path", _small_vocab_model(t)], "has 101 tokens but model"),
+     lambda t: ["--model_name_or_path", _small_vocab_model(t)], "but the model has only 60 embedding rows"),
     ("LoRA target modules that match nothing",
      lambda t: _needs_peft() + ["--lora_r", "4", "--lora_target_modules", "nope_proj"],
      "lora_target_modules=['nope_proj']: PEFT refused them"),
