@@ -127,7 +127,8 @@ def _eval(argv: list[str]) -> int:
     config_file = args.pop("config")
     args.pop("command")
     args["model_name_or_path"] = args.pop("model")
-    args.setdefault("dataset_split", "test")
+    for name, value in EVAL_DEFAULTS.items():  # the defaults --help shows
+        args.setdefault(name, value)
     args.setdefault("progress_bar", False)
     args.setdefault("max_steps", 1)  # training's length does not apply to eval (streaming=true asks for one)
     cfg = load_config(config_file, args)

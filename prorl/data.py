@@ -66,7 +66,7 @@ def load_prompt_dataset(cfg: Config) -> datasets.Dataset | datasets.IterableData
         log.warning("dataset=%r: skipped %d empty prompt(s) of %d", source, total - len(ds), total)
     feature = ds.features.get("prompt")
     # untyped (mixed JSON) or list-typed (chat messages, or by mistake a list of strings): look at every value
-    if not isinstance(feature, _TYPED_FEATURES) or not isinstance(feature, datasets.Value):
+    if not isinstance(feature, datasets.Value):
         for prompt in ds["prompt"]:
             _check_prompt_value(prompt, source)
     if cfg.max_prompts is not None and len(ds) > cfg.max_prompts:
@@ -384,12 +384,21 @@ def prompt_tokenizer(tokenizer, max_prompt_length: int, device, *, warn: bool = 
         ids, mask, too_long = tokenize_prompts(tokenizer, prompts, max_prompt_length)
         if too_long and warn:
             log.warning("%d prompt(s) longer than max_prompt_length=%d tokens were truncated from the left", too_long, max_prompt_length)
-        if vocab_rows is not None and ids.numel() and int(ids.max()) >= vocab_rows:
-            raise ConfigError(f"a prompt holds token id {int(ids.max())} but the model has only {vocab_rows} embedding rows: "
-                              "use the model's own tokenizer (unset tokenizer_name_or_path)")
+        if vocab_rows is not None and ids.numel():
+            check_ids_fit(int(ids.max()), vocab_rows, " in a prompt")
         return ids.to(device), mask.to(device)
 
     return tokenize
+
+
+def check_ids_fit(max_id: int, vocab_rows: int, where: str = "") -> None:
+    """One line when a token id lies past the model's embedding table (an IndexError in the forward
+    otherwise): a tokenizer of another model, or a model with a smaller vocabulary."""
+    if max_id >= vocab_rows:
+        raise ConfigError(
+            f"the tokenizer gives token id {max_id}{where} but the model has only {vocab_rows} embedding rows: "
+            "use the model's own tokenizer (unset tokenizer_name_or_path) or a model trained with this tokenizer"
+        )
 
 
 def tokenize_prompts(tokenizer, prompts: list[str], max_prompt_length: int):

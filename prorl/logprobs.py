@@ -17,8 +17,9 @@ from transformers import DynamicCache, PreTrainedModel
 from .rollout import DynamicLayer, _cache_kwarg, _returned_cache, attention_backends
 
 
-# Upper bound on the number of elements of one float32 chunk that token_logprobs / entropy upcast
-# at a time (2**25 floats = 128 MiB). Module-level so that tests can shrink it.
+# Upper bound on the number of logits one chunk holds: the positions `head_logprobs` runs through the
+# output head at a time, and the rows token_logprobs / entropy upcast at a time (2**25 floats = 128 MiB
+# in float32). Module-level so that tests can shrink it.
 _CHUNK_ELEMS: int = 1 << 25
 
 
@@ -182,23 +183,19 @@ def _completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, complet
     return head_logprobs(head, hidden, completion_ids, temperature, with_entropy=with_entropy)
 
 
-# At most this many logits (rows x vocabulary) exist at once in `head_logprobs`: 128 MB in float32.
-_LOGIT_BUDGET = 2**25
-
-
 def head_logprobs(head, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0, *, with_entropy: bool = False):
     """Log-probs of `tokens` under `softmax(head(hidden) / temperature)`, without the whole logit tensor.
 
     head: the output layer ([*, H] -> [*, V]); hidden [B, T, H]; tokens [B, T] -> logp [B, T] float32
     (and entropy [B, T], no gradient, when asked). The B*T positions run through the head in chunks
-    of at most `_LOGIT_BUDGET // V` rows; under autograd each chunk's logits are recomputed in the
+    of at most `_CHUNK_ELEMS // V` rows; under autograd each chunk's logits are recomputed in the
     backward (`torch.utils.checkpoint`) instead of kept. So memory grows with B x T x H, not with
     B x T x V: at a 152k vocabulary, 8k-token completions would otherwise hold ~5 GB of float32
     logits per sequence. When everything fits one chunk this is exactly `token_logprobs(head(hidden))`.
     """
     B, T, H = hidden.shape
     vocab = getattr(head, "out_features", None) or head.weight.shape[0]
-    per_chunk = max(1, _LOGIT_BUDGET // vocab)
+    per_chunk = _rows_per_chunk(vocab)
 
     def chunk(h, t):
         logits = head(h)

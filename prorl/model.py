@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .config import Config, ConfigError
+from .data import check_ids_fit, tokenize_prompts
 
 log = logging.getLogger("prorl")
 
@@ -51,19 +52,13 @@ def check_token_ids(tokenizer, model, prompts, max_prompt_length: int, source: s
     lie past its embedding table: a tokenizer of another model, or a model with a smaller vocabulary.
     Ids the model can never see (an EOS row it cannot emit) are fine; every batch is checked again
     as it is tokenised (`data.prompt_tokenizer`)."""
-    from .data import tokenize_prompts
-
     rows = embedding_rows(model)
     if rows is None:
         return
     ids, mask, _ = tokenize_prompts(tokenizer, prompts, max_prompt_length)
     used = ids[mask.bool()]
     top = max(int(used.max()) if used.numel() else -1, int(tokenizer.pad_token_id))
-    if top >= rows:
-        raise ConfigError(
-            f"the tokenizer gives token id {top} (on dataset={source!r}'s prompts or as padding) but the model has only "
-            f"{rows} embedding rows: use the model's own tokenizer (unset tokenizer_name_or_path) or a model trained with this tokenizer"
-        )
+    check_ids_fit(top, rows, f" (on dataset={source!r}'s prompts or as padding)")
 
 
 def enable_activation_checkpointing(model) -> None:

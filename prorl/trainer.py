@@ -426,10 +426,10 @@ class Trainer:
                  ref_resets=self.totals["ref_resets"])
         m["step_time"] = time.perf_counter() - t0
         m["tokens_per_s"] = m.pop("completion_tokens") / max(m["step_time"], 1e-9)
+        first_error = m.pop("first_reward_error")
         if m["reward_faults"] and self.acc.is_main_process:
             log.warning("step %d: %d reward faults (samples got reward_fallback=%s): %s", self.step, m["reward_faults"],
-                        cfg.reward_fallback, m.pop("first_reward_error"))
-        m.pop("first_reward_error", None)
+                        cfg.reward_fallback, first_error)
         return m
 
     def _stop_if_every_reward_failed(self, rounds: list[_Round]) -> None:
@@ -518,12 +518,14 @@ class Trainer:
             # an empty micro-batch still runs a pass on one row (weight 0) so collectives stay matched
             return idx if idx.numel() else torch.zeros(1, dtype=torch.long, device=self.device)
 
-        def inputs(idx, host_rows):
+        def cut(host_rows):
             # columns that are padding in every row of the micro-batch are cut: less compute, same math
-            host_rows = host_rows or [0]
+            host_rows = host_rows or [0]  # an empty micro-batch runs on row 0, as `rows` does
             p0 = min(first_col[i] for i in host_rows)
-            p0 = 0 if p0 == pm.size(1) else p0
-            lc = max(max(length_of[i] for i in host_rows), 1)
+            return (0 if p0 == pm.size(1) else p0), max(max(length_of[i] for i in host_rows), 1)
+
+        def inputs(idx, host_rows):
+            p0, lc = cut(host_rows)
             r = rows(idx)
             return ro.prompt_ids[r, p0:], ro.prompt_mask[r, p0:], ro.completion_ids[r, :lc], ro.completion_mask[r, :lc]
 
@@ -532,7 +534,11 @@ class Trainer:
             counts = torch.tensor([float(lengths[chunk].sum()), float(chunk.numel())], device=self.device)
             tokens, seqs = dist.global_sum(acc, counts).tolist()
             micro = self._micro_batches(chunk, lengths)
-            plan.append(([(idx, idx.tolist()) for idx in micro], tokens, seqs))
+            host = torch.cat(micro).tolist() if micro else []  # one read-back per mini-batch, split on the host
+            bounds = [0]
+            for idx in micro:
+                bounds.append(bounds[-1] + idx.numel())
+            plan.append(([(idx, host[a:b]) for idx, a, b in zip(micro, bounds, bounds[1:])], tokens, seqs))
 
         # log-probs of the frozen reference, and of the sampling policy when the update goes off-policy
         off_policy = cfg.updates_per_batch * cfg.mini_batches > 1
@@ -554,7 +560,7 @@ class Trainer:
                             old = completion_logprobs(self.model, *args, **fwd)
                     start = 0
                     for j, (_, h) in enumerate(part, start=j0):
-                        n, lc = max(len(h), 1), max(max(length_of[r] for r in h or [0]), 1)  # as `inputs` cuts it
+                        n, lc = max(len(h), 1), cut(h)[1]
                         if ref is not None:
                             ref_logp[c, j] = ref[start : start + n, :lc]
                         if old is not None:

@@ -75,13 +75,17 @@ def _model_copy(t: Path, name: str) -> Path:
     return folder
 
 
+def _add_tiny_tokenizer(folder: Path) -> None:
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_MODEL / f, folder)
+
+
 def _t5_folder(t: Path) -> str:
     from transformers import T5Config
 
     folder = t / "t5"
     T5Config(vocab_size=101, d_model=16, num_layers=1, num_heads=2, d_ff=32, d_kv=8).save_pretrained(folder)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TINY_MODEL / f, folder)
+    _add_tiny_tokenizer(folder)
     return str(folder)
 
 
@@ -105,8 +109,7 @@ def _bert_folder(t: Path) -> str:
     folder = t / "bert"
     cfg = BertConfig(vocab_size=101, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     BertForMaskedLM(cfg).save_pretrained(folder)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TINY_MODEL / f, folder)
+    _add_tiny_tokenizer(folder)
     return str(folder)
 
 
@@ -118,8 +121,7 @@ def _small_vocab_model(t: Path) -> str:
     cfg.vocab_size = 60
     folder = t / "small-vocab"
     AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TINY_MODEL / f, folder)
+    _add_tiny_tokenizer(folder)
     return str(folder)
 
 

@@ -99,7 +99,7 @@ def test_chunked_head_logprobs_match_full_logits_with_gradients(model, monkeypat
     V = model.config.vocab_size
     out = {}
     for budget in (2**25, 3 * V):  # one chunk, or 3 positions at a time (24 chunks)
-        monkeypatch.setattr(logprobs_mod, "_LOGIT_BUDGET", budget)
+        monkeypatch.setattr(logprobs_mod, "_CHUNK_ELEMS", budget)
         model.zero_grad()
         logp, ent = completion_logprobs(model, ids, mask, comp, cmask, temperature=0.7, with_entropy=True, share_prompts=share)
         (logp * cmask).sum().backward()
@@ -120,7 +120,7 @@ def test_chunked_head_logprobs_match_full_logits_with_gradients(model, monkeypat
 
 def test_chunked_logprobs_never_hold_every_position_logits(model, monkeypatch):
     V = model.config.vocab_size
-    monkeypatch.setattr(logprobs_mod, "_LOGIT_BUDGET", 4 * V)  # 4 positions' logits at a time
+    monkeypatch.setattr(logprobs_mod, "_CHUNK_ELEMS", 4 * V)  # 4 positions' logits at a time
     ids, mask = prompts()
     comp, cmask = _completions(3, 30)
 
