@@ -49,8 +49,8 @@ def _options():
 # What `prorl eval` reads of the training options: data, rewards, sampling, precision. The rest
 # (batch shape, loss, optimizer, reference, checkpoints) means nothing there and is not offered.
 EVAL_OPTIONS = (
-    "tokenizer_name_or_path", "dataset", "dataset_config", "dataset_split", "data_files", "prompt_column", "rename_columns",
-    "max_prompts", "streaming", "shuffle_buffer", "chat_template", "system_prompt", "max_prompt_length",
+    "tokenizer_name_or_path", "dataset", "datasets", "dataset_config", "dataset_split", "data_files", "prompt_column",
+    "rename_columns", "prompt_template", "max_prompts", "streaming", "shuffle_buffer", "chat_template", "system_prompt", "max_prompt_length",
     "reward_funcs", "reward_weights", "reward_kwargs", "reward_fallback", "reward_strict", "reward_timeout",
     "max_length", "temperature", "top_p", "top_k", "rollout_engine", "cuda_graphs", "vllm_gpu_memory_utilization",
     "vllm_kwargs", "eval_threshold", "dtype", "mixed_precision", "seed", "deterministic",

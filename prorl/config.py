@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -72,6 +73,14 @@ TRUNCATIONS = ("none", "zero_reward", "mask")
 TRACKERS = ("none", "tensorboard", "wandb", "trackio", "all")
 REF_UPDATES = ("reset", "ema")
 ROLLOUT_ENGINES = ("hf", "vllm")
+MIXTURES = ("concatenate", "interleave")
+MIXTURE_STOPPING = ("all_exhausted", "first_exhausted")
+# What one entry of `datasets` may set: the per-source dataset options (unset = the top-level value),
+# plus three keys that exist only per source.
+SOURCE_OPTIONS = ("dataset", "dataset_config", "dataset_split", "data_files", "prompt_column", "rename_columns", "prompt_template",
+                  "max_prompts", "eval_dataset", "eval_split", "eval_max_prompts")
+SOURCE_ONLY = ("domain", "weight", "remove_columns")
+_DOMAIN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # it becomes part of metric names: domain/<name>/reward_mean
 
 
 @dataclass
@@ -85,16 +94,20 @@ class Config:
     data_files: str | None = opt(None, "data_files pattern passed to datasets.load_dataset (glob or path).")
     prompt_column: str = opt("prompt", "Column holding the prompt text, or chat messages (other columns go to reward functions).")
     rename_columns: dict[str, str] = opt({}, "Rename dataset columns before use, e.g. {solution: answer} so built-in rewards find 'answer'.")
+    prompt_template: str | None = opt(None, "Build each prompt from its row: a format string over its columns ({prompt} is the prompt column), e.g. 'Q: {prompt} {options:letters} Answer:'; the :letters format lists a list column as (A) ..., (B) ... lines.")
     max_prompts: int | None = opt(None, "Use at most this many prompts from the dataset (after shuffling; with streaming, the first this many).")
     streaming: bool = opt(False, "Read the dataset as a stream (datasets' IterableDataset) instead of downloading it whole; for very large sets. Needs max_steps.")
     shuffle_buffer: int = opt(10_000, "With streaming: prompts are shuffled within a buffer of this many rows, reseeded each epoch (1 = stream order).")
     chat_template: bool = opt(False, "Render prompts with the tokenizer's chat template (as a user message).")
     system_prompt: str | None = opt(None, "System message put first in every prompt rendered with the chat template (chat_template on, or a dataset of message lists), unless the prompt has its own.")
     max_prompt_length: int = opt(512, "Prompts longer than this many tokens are truncated from the left (with a warning).")
+    datasets: list[str | dict[str, Any]] = opt([], "A mixture of prompt sources in place of `dataset` (ProRL's multi-domain run): a list of {dataset, domain, weight, remove_columns, and any of " + ", ".join(SOURCE_OPTIONS[1:]) + "}; keys left out take the top-level value. Each row's source is its 'domain' column.")
+    mixture: str = opt("concatenate", "How `datasets` are combined: concatenate (every row of every source) or interleave (rows drawn with probabilities proportional to the sources' weights).", choices=MIXTURES)
+    mixture_stopping: str = opt("all_exhausted", "With mixture=interleave: all_exhausted (until every source was drawn whole; smaller ones repeat) or first_exhausted (until one runs out).", choices=MIXTURE_STOPPING)
 
     # --- rewards ---
-    reward_funcs: list[str] = opt(["exact_match"], "Reward functions: built-in names, 'module:function' or 'path/file.py:function'.")
-    reward_weights: list[float] | None = opt(None, "One weight per reward function (default 1.0 each).")
+    reward_funcs: list[str] | dict[str, list[str]] = opt(["exact_match"], "Reward functions: built-in names, 'module:function' or 'path/file.py:function'; or per domain, {math: [math], code: [code]}, each sample scored by its domain's list.")
+    reward_weights: list[float] | dict[str, list[float]] | None = opt(None, "One weight per reward function (default 1.0 each); per domain when reward_funcs is.")
     reward_kwargs: dict[str, dict] = opt({}, "Keyword arguments for parametrised built-in rewards, keyed by reward name.")
     reward_fallback: float = opt(0.0, "Reward given to a sample whose reward function raised, hung or returned a bad value.")
     reward_strict: bool = opt(False, "Make reward-function faults fatal (for debugging) instead of using the fallback.")
@@ -282,12 +295,81 @@ class Config:
         need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization", "must be in (0, 1]")
         need(self.rollout_engine == "vllm" or not self.vllm_kwargs, "vllm_kwargs", "only applies to rollout_engine=vllm")
         need(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1 row (1 = no shuffling)")
-        need(len(self.reward_funcs) >= 1, "reward_funcs", "name at least one reward function")
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
-            raise ConfigError(
-                f"reward_weights has {len(self.reward_weights)} values but reward_funcs has {len(self.reward_funcs)}: give one weight per function"
-            )
+        self._validate_sources()
+        self._validate_rewards()
         return self
+
+    def _validate_rewards(self) -> None:
+        funcs, weights = self.reward_funcs, self.reward_weights
+        if not isinstance(funcs, dict):
+            if len(funcs) < 1:
+                raise ConfigError("reward_funcs=[] is invalid: name at least one reward function")
+            if isinstance(weights, dict):
+                raise ConfigError("reward_weights is per domain but reward_funcs is one list: give reward_weights as a list too")
+            if weights is not None and len(weights) != len(funcs):
+                raise ConfigError(f"reward_weights has {len(weights)} values but reward_funcs has {len(funcs)}: give one weight per function")
+            return
+        if not funcs:
+            raise ConfigError("reward_funcs={} is invalid: map each domain to its reward functions, e.g. {math: [math]}")
+        for domain, specs in funcs.items():
+            if not _DOMAIN_NAME.match(str(domain)):
+                raise ConfigError(f"reward_funcs: domain {domain!r} must be letters, digits, '_', '-' or '.'")
+            if not specs:
+                raise ConfigError(f"reward_funcs: domain {domain!r} has no reward functions; name at least one")
+        if weights is not None:
+            if not isinstance(weights, dict):
+                raise ConfigError("reward_funcs is per domain, so reward_weights must be too, e.g. {math: [1.0], code: [1.0, 0.2]}")
+            for domain, w in weights.items():
+                if domain not in funcs:
+                    raise ConfigError(f"reward_weights names domain {domain!r}, which reward_funcs does not; domains: {', '.join(funcs)}")
+                if len(w) != len(funcs[domain]):
+                    raise ConfigError(f"reward_weights[{domain}] has {len(w)} values but reward_funcs[{domain}] has {len(funcs[domain])}: give one weight per function")
+        declared = {e["domain"] for e in self.datasets if e.get("domain")}
+        missing = sorted(declared - set(funcs))
+        if missing:
+            raise ConfigError(f"domain(s) {missing} in datasets have no rewards: add them to reward_funcs (it has {', '.join(funcs)})")
+
+    def _validate_sources(self) -> None:
+        """`datasets` entries: known keys, typed like the top-level options, a source each."""
+        if not self.datasets:
+            return
+        if self.dataset is not None:
+            raise ConfigError("dataset and datasets are both set: use datasets (a list of sources) or dataset (one), not both")
+        types_ = _field_types()
+        entries = []
+        for i, entry in enumerate(self.datasets):
+            where = f"datasets[{i}]"
+            if isinstance(entry, str):  # a bare source name
+                entry = {"dataset": entry}
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{where} must be a mapping such as {{dataset: data/gsm8k.jsonl, domain: math}}, got {type(entry).__name__}")
+            unknown = sorted(set(entry) - set(SOURCE_OPTIONS) - set(SOURCE_ONLY))
+            if unknown:
+                allowed = SOURCE_OPTIONS + SOURCE_ONLY
+                raise ConfigError(f"{where} has unknown key(s) {unknown}{_closest(unknown[0], allowed)}; allowed: {', '.join(allowed)}")
+            out = {}
+            for key, value in entry.items():
+                tp = {"domain": str | None, "weight": float, "remove_columns": list[str]}.get(key) or types_[key]
+                out[key] = coerce(f"{where}.{key}", value, tp)
+            if not out.get("dataset") or not str(out["dataset"]).strip():
+                raise ConfigError(f"{where} names no dataset: give each source a dataset (a file, folder, Hub name, builtin:NAME or reasoning_gym:TASKS)")
+            domain = out.get("domain")
+            if domain is not None and not _DOMAIN_NAME.match(domain):
+                raise ConfigError(f"{where}.domain={domain!r} must be letters, digits, '_', '-' or '.' (it is part of metric names)")
+            weight = out.get("weight", 1.0)
+            if not (math.isfinite(weight) and weight > 0):
+                raise ConfigError(f"{where}.weight={weight!r} must be a finite number > 0")
+            if "max_prompts" in out and out["max_prompts"] is not None and out["max_prompts"] < 1:
+                raise ConfigError(f"{where}.max_prompts={out['max_prompts']!r} must be >= 1 (or unset)")
+            entries.append(out)
+        self.datasets = entries
+        if self.mixture == "concatenate" and len({e.get("weight", 1.0) for e in entries}) > 1:
+            raise ConfigError("datasets give different weights but mixture=concatenate uses every row once: set mixture=interleave to draw by weight")
+
+    def source_config(self, i: int) -> "Config":
+        """Source i of `datasets` as a single-dataset Config: its keys over the top-level options."""
+        entry = {k: v for k, v in self.datasets[i].items() if k in SOURCE_OPTIONS}
+        return dataclasses.replace(self, datasets=[], **entry)
 
     def loss_kwargs(self) -> dict:
         """Options for `algos.policy_loss`; unset clip bounds fall back to the loss's own defaults."""
@@ -295,11 +377,23 @@ class Config:
         return {k: v for k, v in kw.items() if v is not None}
 
     def eval_config(self) -> "Config":
-        """The dataset options of the held-out set, as a Config for `load_prompt_dataset`."""
+        """The dataset options of the held-out set, as a Config for `load_prompt_dataset`. A mixture's
+        held-out set is every source's own held-out set, concatenated (eval_max_prompts is per source)."""
+        if self.datasets:
+            # a separate eval_dataset has its own columns: remove_columns (named for the training source) is not applied to it
+            heldout = [{**{k: v for k, v in e.items() if k != "weight" and not (k == "remove_columns" and e.get("eval_dataset"))},
+                        "dataset": e.get("eval_dataset") or e["dataset"], "dataset_split": e.get("eval_split") or self.eval_split,
+                        "max_prompts": e.get("eval_max_prompts", self.eval_max_prompts)} for e in self.datasets]
+            return dataclasses.replace(self, datasets=heldout,
+                                       mixture="concatenate", streaming=False)
         return dataclasses.replace(
             self, dataset=self.eval_dataset or self.dataset, dataset_split=self.eval_split, max_prompts=self.eval_max_prompts,
             streaming=False,  # a held-out set is scored whole, every eval
         )
+
+    def data_label(self) -> str:
+        """How messages name the run's prompts: the dataset, the mixture, or the built-in task."""
+        return self.dataset or ("datasets" if self.datasets else "builtin")
 
     def resolved_model_path(self) -> str:
         """The embedded default lives in the checkout's data/; find it from any working directory."""
@@ -324,8 +418,25 @@ def _unwrap_optional(tp):
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
+        return args[0], len(args) < len(typing.get_args(tp))
     return tp, False
+
+
+def _mapping_variant(tp, value):
+    """For an option typed `list[...] | dict[...]` (e.g. reward_funcs): the dict type when the value
+    is a mapping (YAML, or '{...}' text on the command line), else None."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (typing.Union, types.UnionType) else []
+    mapping = next((a for a in args if typing.get_origin(a) is dict), None)
+    if mapping is None or len(args) < 2:
+        return None
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        value = value[0]  # `--reward_funcs '{math: [math]}'` arrives as a one-item list
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return None
+    return (mapping, value) if isinstance(value, dict) else None
 
 
 def _closest(name: str, options) -> str:
@@ -337,6 +448,10 @@ def _closest(name: str, options) -> str:
 
 def coerce(name: str, value: Any, tp) -> Any:
     """Convert a YAML or CLI value to the field's type, or raise ConfigError naming the option."""
+    variant = _mapping_variant(tp, value)
+    if variant is not None:
+        (_, inner), mapping = typing.get_args(variant[0]), variant[1]
+        return {str(k): coerce(f"{name}[{k}]", v, inner) for k, v in mapping.items()}
     base, optional = _unwrap_optional(tp)
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
         if optional:
@@ -368,12 +483,14 @@ def coerce(name: str, value: Any, tp) -> Any:
             return str(value)
         if origin is list:
             (inner,) = typing.get_args(base)
+            if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and value[0].strip().startswith("["):
+                value = value[0]  # `--datasets '[{...}, {...}]'`: one YAML list on the command line
             if isinstance(value, str):
                 value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v.strip()]
             if not isinstance(value, (list, tuple)):
                 value = [value]
             return [coerce(name, v.strip() if isinstance(v, str) else v, inner) for v in value]
-        if origin is dict:
+        if origin is dict or base is dict:
             if isinstance(value, str):
                 value = yaml.safe_load(value)
             if not isinstance(value, dict):

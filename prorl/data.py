@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import string
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -26,7 +29,131 @@ _TYPED_FEATURES = tuple(getattr(datasets, name) for name in ("Value", "Sequence"
 _LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
+@dataclass
+class Source:
+    """One prompt source of a run: its name as configured, the domains its rows carry ([] when they
+    have none; None when they carry their own 'domain' column in a stream, unknown until read) and
+    its columns besides the prompt and domain, before mixing (what its domains' rewards may read)."""
+
+    label: str
+    domains: list[str] | None
+    columns: list[str]
+
+
+def _source(label: str, ds, columns: list[str], domain: str | None = None) -> Source:
+    if domain is not None:
+        domains = [domain]
+    elif "domain" not in columns:
+        domains = []
+    else:  # the rows' own column: its values, where the dataset can be read whole
+        domains = sorted({str(d) for d in ds["domain"]}) if isinstance(ds, datasets.Dataset) else None
+    return Source(label, domains, [c for c in columns if c not in ("prompt", "domain")])
+
+
 def load_prompt_dataset(cfg: Config) -> datasets.Dataset | datasets.IterableDataset:
+    """The run's prompts: `load_prompt_sources` without the per-source record."""
+    return load_prompt_sources(cfg)[0]
+
+
+def load_prompt_sources(cfg: Config):
+    """(dataset, [Source]): the one source named by ``dataset``, or the mixture of ``datasets``,
+    where each source is loaded as a single dataset would be and gets a constant 'domain' column."""
+    if not cfg.datasets:
+        ds = _load_source(cfg)
+        return ds, [_source(cfg.dataset or "builtin", ds, _column_names(ds) or [])]
+    parts, sources = [], []
+    for i, entry in enumerate(cfg.datasets):
+        ds = _load_source(cfg.source_config(i))
+        names = _column_names(ds) or []
+        drop = entry.get("remove_columns") or []
+        missing = [c for c in drop if c not in names or c == "prompt"]
+        if missing:
+            raise ConfigError(f"datasets[{i}].remove_columns names {missing}, not removable columns of {entry['dataset']!r}; "
+                              f"its columns: {', '.join(names)}")
+        ds = ds.remove_columns(drop) if drop else ds
+        names = [c for c in names if c not in drop]
+        domain = entry.get("domain") or (None if "domain" in names else default_domain(entry["dataset"]))
+        if domain is not None:  # the configured domain wins over a column of the same name
+            ds = ds.remove_columns(["domain"]) if "domain" in names else ds
+            ds = ds.add_column("domain", [domain] * len(ds)) if isinstance(ds, datasets.Dataset) else ds.map(lambda _, d=domain: {"domain": d})
+        parts.append(ds)
+        sources.append(_source(entry["dataset"], ds, names, domain))
+    parts = _aligned(parts, sources)
+    if cfg.mixture == "interleave":
+        weights = [e.get("weight", 1.0) for e in cfg.datasets]
+        mixed = datasets.interleave_datasets(parts, probabilities=[w / sum(weights) for w in weights], seed=cfg.seed,
+                                             stopping_strategy=cfg.mixture_stopping)
+    else:
+        if cfg.streaming:
+            log.warning("streaming with mixture=concatenate reads the sources one after the other (shuffled only within "
+                        "shuffle_buffer=%d rows), so domains arrive in blocks; set mixture=interleave to mix them", cfg.shuffle_buffer)
+        mixed = datasets.concatenate_datasets(parts)
+    return mixed, sources
+
+
+def heldout_reuses_training(cfg: Config) -> list[str]:
+    """Sources whose held-out set is their training file (one file has no eval_split)."""
+    pairs = [(e.get("eval_dataset"), e["dataset"]) for e in cfg.datasets] if cfg.datasets else [(cfg.eval_dataset, cfg.dataset)]
+    return [src for held, src in pairs if not held and src and Path(src).is_file()]
+
+
+def default_domain(source: str) -> str:
+    """A source's domain when `datasets` gives none: reasoning_gym:TASKS -> reasoning_gym, a file
+    or folder -> its name without extension, a Hub id -> its last part."""
+    name = source.split(":", 1)[0] if source.startswith(("builtin:", "reasoning_gym:")) else Path(source.rstrip("/")).name
+    name = name.split(".")[0] if Path(source).suffix.lower() in _LOCAL_FORMATS else name
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "data"
+
+
+def _aligned(parts: list, sources: list[Source]) -> list:
+    """Give columns of the same name one type across sources (what concatenating and interleaving
+    need): numbers of different widths become float64 or int64, a column that is text in one source
+    and numbers in another becomes text (with a warning); prompts and nested columns of different
+    shapes cannot be joined and are one line naming the sources."""
+    feats = [ds.features if ds.features is not None else _features_of_stream(ds) for ds in parts]
+    for col in sorted({c for f in feats for c in f}):
+        seen = [(i, f[col]) for i, f in enumerate(feats) if col in f and not _is_null(f[col])]
+        if len({repr(t) for _, t in seen}) <= 1:
+            continue
+        (i, a), (j, b) = seen[0], next((i2, t) for i2, t in seen if repr(t) != repr(seen[0][1]))
+        if col == "prompt" or not all(isinstance(t, datasets.Value) for _, t in seen):
+            what = "prompts" if col == "prompt" else f"column '{col}'"
+            fix = ("make every source's prompts the same kind: all text, or all chat messages" if col == "prompt"
+                   else f"rename it in one source (rename_columns) or drop it there (remove_columns)")
+            raise ConfigError(f"datasets: {what} of {sources[i].label!r} ({_kind(a)}) and of {sources[j].label!r} ({_kind(b)}) "
+                              f"cannot be mixed; {fix}")
+        dtypes = {t.dtype for _, t in seen}
+        if all(d.startswith(("int", "uint")) for d in dtypes):
+            target = "int64"
+        elif all(d.startswith(("int", "uint", "float")) for d in dtypes):
+            target = "float64"
+        else:
+            target = "string"
+            log.warning("datasets: column '%s' is %s in %r but %s in %r; it is read as text in the mixture",
+                        col, a.dtype, sources[i].label, b.dtype, sources[j].label)
+        for k, f in enumerate(feats):
+            if col in f and not _is_null(f[col]):
+                parts[k] = parts[k].cast_column(col, datasets.Value(target))
+    return parts
+
+
+def _features_of_stream(ds) -> dict:
+    """A stream's column types, from its first rows when they are not declared."""
+    resolved = ds._resolve_features() if hasattr(ds, "_resolve_features") else ds
+    return dict(resolved.features or {})
+
+
+def _is_null(feature) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype == "null"
+
+
+def _kind(feature) -> str:
+    if isinstance(feature, datasets.Value):
+        return f"{feature.dtype} values"
+    return "chat messages" if isinstance(feature, (list, *_TYPED_FEATURES[1:])) else type(feature).__name__
+
+
+def _load_source(cfg: Config) -> datasets.Dataset | datasets.IterableDataset:
     """The prompt dataset named by the config, with a string column ``prompt``.
 
     Accepts a local file (txt: one prompt per line; jsonl/json/csv/parquet), a `save_to_disk` folder,
@@ -35,7 +162,11 @@ def load_prompt_dataset(cfg: Config) -> datasets.Dataset | datasets.IterableData
     as a `datasets.IterableDataset` (read lazily; wrap it in `StreamingPrompts`).
     """
     source = cfg.dataset
-    if source is None or source.startswith("builtin:"):
+    if source is not None and source.startswith("reasoning_gym:"):
+        from .puzzles import load_reasoning_gym  # the `puzzles` extra
+
+        ds = load_reasoning_gym(source.split(":", 1)[1], split=cfg.dataset_split, seed=cfg.seed, size=cfg.max_prompts or 1000)
+    elif source is None or source.startswith("builtin:"):
         from .tasks import load_builtin_task
 
         name = "arithmetic" if source is None else source.split(":", 1)[1]
@@ -50,6 +181,8 @@ def load_prompt_dataset(cfg: Config) -> datasets.Dataset | datasets.IterableData
     ds = _rename(ds, cfg.rename_columns, source)
     ds = _prompt_column(ds, cfg.prompt_column, source)
     _check_prompt_type(ds, cfg.prompt_column, source)
+    if cfg.prompt_template is not None:
+        ds = _templated(ds, cfg.prompt_template, source)
     if isinstance(ds, datasets.IterableDataset):
         ds = ds.filter(_non_empty, input_columns="prompt")
         return ds.take(cfg.max_prompts) if cfg.max_prompts is not None else ds
@@ -164,6 +297,47 @@ def _parse_error(path: Path, source: str, fmt: str, e: BaseException) -> str:
     if "corresponds to no data" in reason or "corresponds to no data" in str(e):  # datasets' words for 0 rows
         return f"dataset={source!r} has no rows (only a header, [], blank lines or an empty table); add prompts to it"
     return f"dataset={source!r} could not be parsed as {kind}: {reason}; fix the file"
+
+
+class _PromptFormatter(string.Formatter):
+    """str.format, plus ':letters': a list of options as '(A) first' lines (ARC's {text, label}
+    dict of lists uses its own labels)."""
+
+    def format_field(self, value, spec):
+        if spec != "letters":
+            return super().format_field(value, spec)
+        if isinstance(value, dict) and "text" in value:
+            labels = value.get("label") or [chr(65 + i) for i in range(len(value["text"]))]
+            return "\n".join(f"({label}) {text}" for label, text in zip(labels, value["text"]))
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"':letters' needs a list of options, got {type(value).__name__}")
+        return "\n".join(f"({chr(65 + i)}) {text}" for i, text in enumerate(value))
+
+
+def _templated(ds, template: str, source):
+    """Prompts built from the rows by `prompt_template`; a field that names no column, or a bad
+    format, is one line at start (checked on the first row), not a failure mid-run."""
+    formatter = _PromptFormatter()
+
+    def render(row):
+        if not isinstance(row["prompt"], str):
+            raise ConfigError(f"dataset={source!r}: prompt_template needs text prompts, but the prompts are chat messages")
+        return {"prompt": formatter.format(template, **row)}
+
+    first = next(iter(ds.take(1)), None) if isinstance(ds, datasets.IterableDataset) else (ds[0] if len(ds) else None)
+    if first is not None:
+        try:
+            render(first)
+        except KeyError as e:
+            raise ConfigError(f"prompt_template names {{{e.args[0]}}}, not a column of dataset={source!r}; columns: "
+                              f"{', '.join(first)} ({{prompt}} is the prompt column)") from None
+        except IndexError:
+            raise ConfigError(f"prompt_template {template!r} has an empty {{}} field: put a column name inside, or write "
+                              "literal braces as {{ and }} (e.g. \\boxed{{}})") from None
+        except (ValueError, AttributeError, TypeError) as e:
+            raise ConfigError(f"prompt_template {template!r} does not format the rows of dataset={source!r}: {e}; "
+                              "write literal braces as {{ and }}") from None
+    return ds.map(render) if isinstance(ds, datasets.IterableDataset) else ds.map(render, desc="prompt_template")
 
 
 def _check_prompt_type(ds: datasets.Dataset | datasets.IterableDataset, column: str, source) -> None:

@@ -9,6 +9,7 @@ built-in checkers, whose rewards lie in [0, 1]).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -16,9 +17,9 @@ import datasets
 import torch
 
 from . import dist
-from .data import load_prompt_dataset, prompt_tokenizer, render_prompts
+from .data import load_prompt_sources, prompt_tokenizer, render_prompts
 from .model import embedding_rows, eos_ids, load_model_and_tokenizer, quiet_libraries
-from .rewards import rewards_from_config, score_rollout
+from .rewards import check_sources, rewards_from_config, score_rollout
 from .rollout import generate
 from .sampling import sample_keys
 
@@ -60,7 +61,8 @@ def evaluate(
     """Sample n completions for each prompt (sharded over processes) and score them.
 
     prompts: the full evaluation set (already rendered); columns: its reward columns.
-    Returns {"pass@k": ..., "reward_mean", "completion_len_mean", "n_prompts", "n_samples"}.
+    Returns {"pass@k": ..., "reward_mean", "completion_len_mean", "n_prompts", "n_samples"}, and the
+    same per domain ("domain/<name>/pass@k", ...) when `columns` has a 'domain' column.
     `tokenize`: prompts -> (ids, mask) on the model's device (`data.prompt_tokenizer`, as training uses).
     `sampler`: `rollout.generate` or an engine's method with its signature (e.g. the vLLM engine's).
     """
@@ -68,7 +70,8 @@ def evaluate(
     if bad:
         raise ValueError(f"k={bad} larger than n={n} samples per prompt; raise n or drop those k")
     share = list(range(len(prompts)))[acc.process_index :: acc.num_processes]
-    correct, reward_sum, length_sum = [], 0.0, 0.0
+    domains = sorted({str(d) for d in columns["domain"]}) if "domain" in columns else []
+    rows = []  # per prompt: correct samples, reward sum, length sum, domain index
     for start in range(0, len(share), batch_prompts):
         idx = share[start : start + batch_prompts]
         ids, mask = tokenize(prompts.pick(idx) if hasattr(prompts, "pick") else [prompts[i] for i in idx])
@@ -80,26 +83,31 @@ def evaluate(
         )
         _, lengths, out, _ = score_rollout(rewards, tokenizer, ro, [prompts[i] for i in idx],
                                            {c: [v[i] for i in idx] for c, v in columns.items()}, n=n, max_length=max_length)
-        total = torch.tensor(out.total, dtype=torch.float64)
-        correct += (total >= threshold).view(len(idx), n).sum(1).tolist()
-        reward_sum += float(total.sum())
-        length_sum += float(lengths.sum())
-    device = acc.device
-    counts = dist.gather_varlen(acc, torch.tensor(correct, dtype=torch.long, device=device))
-    sums = dist.global_sum(acc, torch.tensor([reward_sum, length_sum], dtype=torch.float64, device=device))
-    total_samples = len(prompts) * n
-    result = {f"pass@{k}": sum(pass_at_k(n, int(c), k) for c in counts.tolist()) / max(len(prompts), 1) for k in ks}
-    result.update(
-        reward_mean=float(sums[0]) / max(total_samples, 1),
-        completion_len_mean=float(sums[1]) / max(total_samples, 1),
-        n_prompts=len(prompts),
-        n_samples=n,
-    )
+        total = torch.tensor(out.total, dtype=torch.float64).view(len(idx), n)
+        domain = [domains.index(str(columns["domain"][i])) if domains else -1 for i in idx]
+        rows.append(torch.stack([(total >= threshold).sum(1).double(), total.sum(1), lengths.double().cpu().view(len(idx), n).sum(1),
+                                 torch.tensor(domain, dtype=torch.float64)], dim=1))
+    table = torch.cat(rows) if rows else torch.zeros(0, 4, dtype=torch.float64)
+    table = dist.gather_varlen(acc, table.to(acc.device)).cpu()  # [P, 4], every prompt once
+    result = _summary(table, n, ks)
+    result.update(n_prompts=len(prompts), n_samples=n)
+    for i, name in enumerate(domains):
+        result.update({f"domain/{name}/{k}": v for k, v in _summary(table[table[:, 3] == i], n, ks).items()})
+        result[f"domain/{name}/n_prompts"] = int((table[:, 3] == i).sum())
+    return result
+
+
+def _summary(table: torch.Tensor, n: int, ks: list[int]) -> dict:
+    """pass@k, mean reward and mean length over the prompts of `table` ([P, 4] as in `evaluate`)."""
+    prompts, samples = max(table.size(0), 1), max(table.size(0) * n, 1)
+    result = {f"pass@{k}": sum(pass_at_k(n, int(c), k) for c in table[:, 0].tolist()) / prompts for k in ks}
+    result.update(reward_mean=float(table[:, 1].sum()) / samples, completion_len_mean=float(table[:, 2].sum()) / samples)
     return result
 
 
 def format_table(result: dict) -> str:
     keys = [k for k in result if k.startswith("pass@")] + ["reward_mean", "completion_len_mean"]
+    keys += [k for k in result if k.startswith("domain/") and not k.endswith("/n_prompts")]
     width = max(len(k) for k in keys)
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
     lines += [f"{k:<{width}}  {result[k]:.4f}" for k in keys]
@@ -119,11 +127,13 @@ def run_eval(cfg, *, ks: list[int], n: int) -> dict:
         sampler = VLLMEngine(cfg, acc, cfg.resolved_model_path()).generate  # its own weights: nothing to sync
     else:
         model.to(acc.device)
-    ds = load_prompt_dataset(cfg)
+    if cfg.datasets:  # each source's held-out set: its eval_dataset / eval_split, else this command's split
+        cfg = dataclasses.replace(cfg, eval_split=cfg.dataset_split, eval_max_prompts=cfg.max_prompts).eval_config()
+    ds, sources = load_prompt_sources(cfg)
     if not isinstance(ds, datasets.Dataset):  # streaming=true: scored whole, so read it (max_prompts caps it)
         ds = datasets.Dataset.from_list(list(ds))
     rewards = rewards_from_config(cfg)
-    rewards.check_columns([c for c in ds.column_names if c != "prompt"], cfg.dataset or "builtin")
+    check_sources(rewards, sources)
     prompts = render_prompts(ds["prompt"], tokenizer, cfg)
     columns = {c: ds[c] for c in ds.column_names if c != "prompt"}
 

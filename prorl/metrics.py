@@ -12,11 +12,13 @@ import torch
 from . import dist
 
 
-def step_metrics(acc, rounds, ro, update: dict, keep: torch.Tensor, zero_signal: torch.Tensor, reward_names, n: int) -> dict:
+def step_metrics(acc, rounds, ro, update: dict, keep: torch.Tensor, zero_signal: torch.Tensor, reward_names, n: int,
+                 domains: list[str] = ()) -> dict:
     """The step's global metrics from its sampling rounds (`Trainer._sample_round`'s records), the
     concatenated rollout `ro`, the update's summary, the kept rows [n_local] and the gathered
-    zero-signal mask [N]. Collective: every process calls it. Adds "completion_tokens" (global) and
-    "first_reward_error" for the caller to turn into its own fields."""
+    zero-signal mask [N]; per domain too when `domains` are named (`domain_metrics`). Collective:
+    every process calls it. Adds "completion_tokens" (global) and "first_reward_error" for the
+    caller to turn into its own fields."""
     device = keep.device
     lengths = torch.cat([r.lengths for r in rounds])
     all_lengths = dist.gather_varlen(acc, lengths.float())
@@ -32,8 +34,10 @@ def step_metrics(acc, rounds, ro, update: dict, keep: torch.Tensor, zero_signal:
     for name in reward_names:
         values = [v for r in rounds for v in r.rw.per_func[name]]
         v = dist.gather_varlen(acc, torch.tensor(values, dtype=torch.float32, device=device))
-        m[f"rewards/{name}/mean"] = float(v.mean())
-        m[f"rewards/{name}/std"] = float(v.std()) if v.numel() > 1 else 0.0
+        v = v[~v.isnan()]  # NaN: a per-domain reward on another domain's sample
+        if v.numel():
+            m[f"rewards/{name}/mean"] = float(v.mean())
+            m[f"rewards/{name}/std"] = float(v.std()) if v.numel() > 1 else 0.0
         for r in rounds:
             faults += r.rw.faults.get(name, 0)
             first_error = first_error or r.rw.first_error.get(name, "")
@@ -53,7 +57,29 @@ def step_metrics(acc, rounds, ro, update: dict, keep: torch.Tensor, zero_signal:
         "completion_tokens": float(all_lengths.sum()),
         "first_reward_error": first_error,
     })
+    if domains:
+        m.update(domain_metrics(acc, rounds, zero_signal, domains))
     return m
+
+
+def domain_metrics(acc, rounds, zero_signal: torch.Tensor, domains: list[str]) -> dict:
+    """domain/<name>/{reward_mean, zero_signal_frac, completion_len_mean, samples} over the step's
+    rows of each domain (global; a domain without rows this step reports nothing). zero_signal [N]
+    is in the rounds' gathered order; each process picks its own rows' flags back out of it."""
+    base, rows = 0, []
+    for r in rounds:
+        n_local = r.rewards.numel()
+        zero = zero_signal[base + r.offset : base + r.offset + n_local].float()
+        rows.append(torch.stack([r.scored.float(), zero, r.lengths.float(), r.domain_ids.float()], dim=1))
+        base += r.all_rewards.numel()
+    table = dist.gather_varlen(acc, torch.cat(rows))  # [N, 4]
+    out = {}
+    for i, name in enumerate(domains):
+        mine = table[table[:, 3] == i]
+        if mine.numel():
+            out.update({f"domain/{name}/reward_mean": float(mine[:, 0].mean()), f"domain/{name}/zero_signal_frac": float(mine[:, 1].mean()),
+                        f"domain/{name}/completion_len_mean": float(mine[:, 2].mean()), f"domain/{name}/samples": int(mine.size(0))})
+    return out
 
 
 def trim_metrics(path: Path, step: int) -> None:

@@ -1,6 +1,7 @@
 """`prorl plot OUTPUT_DIR`: PNG charts of a run's metrics.jsonl (needs the `plot` extra: matplotlib).
 
-One PNG per metric family, with reference resets marked as vertical lines.
+One PNG per metric family, with reference resets marked as vertical lines; a mixed run (`datasets`)
+also gets one PNG per per-domain metric, a line per domain.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     eval_keys = sorted({k for r in rows for k in r if k.startswith("eval/pass@")})
     if eval_keys:
         panels["heldout_pass_at_k"] = eval_keys
+    # a mixed run: one panel per metric with a line per domain (where each improves, where it saturates)
+    keys = sorted({k for r in rows for k in r})
+    for metric in ("reward_mean", "zero_signal_frac", "completion_len_mean"):
+        lines = [k for k in keys if k.startswith("domain/") and k.endswith("/" + metric)]
+        if lines:
+            panels[f"domain_{metric}"] = lines
+    heldout = [k for k in keys if k.startswith("eval/domain/") and "/pass@" in k]
+    if heldout:
+        panels["domain_heldout_pass_at_k"] = heldout
     written = []
     for name, keys in panels.items():
         fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -16,9 +16,7 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,9 @@ from tqdm.auto import tqdm
 
 from . import algos, checkpoint, dist
 from .config import Config
-from .data import PromptStream, StreamingPrompts, load_prompt_dataset, prompt_tokenizer, render_prompts, steps_per_epoch
+from .data import (
+    PromptStream, StreamingPrompts, heldout_reuses_training, load_prompt_sources, prompt_tokenizer, render_prompts, steps_per_epoch,
+)
 from .evaluate import evaluate
 from .logprobs import completion_logprobs
 from .metrics import flat_config, format_eval, format_line, step_metrics, trim_metrics
@@ -38,15 +38,12 @@ from .model import (
     quiet_libraries, set_seed,
 )
 from .reference import Reference
-from .rewards import rewards_from_config, score_rollout
+from .rewards import check_sources, domain_names, rewards_from_config, score_rollout
 from .rollout import concat_rollouts, generate
 from .sampling import sample_keys
+from .stops import StopSignal, TrainingAborted, explain_oom  # noqa: F401  (TrainingAborted: part of this module's API)
 
 log = logging.getLogger("prorl")
-
-
-class TrainingAborted(RuntimeError):
-    """Too many consecutive non-finite steps; the message says what to change."""
 
 
 def _launched_world_size() -> int:
@@ -65,43 +62,6 @@ def lr_at(step: int, cfg: Config) -> float:
     return cfg.learning_rate
 
 
-class _StopSignal:
-    """Remembers SIGTERM/SIGUSR1 (what SLURM and Kubernetes send before pre-emption) and a first Ctrl-C
-    (SIGINT) so the loop can finish its step, checkpoint and exit. A second Ctrl-C aborts at once
-    (KeyboardInterrupt: the steps since the last checkpoint are lost). Only the main thread can
-    install handlers; elsewhere a no-op."""
-
-    def __init__(self):
-        self.received, self.name, self._old = False, None, {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.received:
-            raise KeyboardInterrupt
-        if signum == signal.SIGINT:
-            sys.stderr.write("\nprorl: Ctrl-C: finishing this step, then saving it and exiting; continue with --resume latest "
-                             "(Ctrl-C again aborts without saving)\n")
-        self.received, self.name = True, signal.Signals(signum).name
-
-    def restore(self):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
-@contextlib.contextmanager
-def _explain_oom(what: str):
-    """Turn an out-of-memory error into one line that names the option to lower."""
-    try:
-        yield
-    except _OOM:
-        raise TrainingAborted(f"out of memory during {what}") from None
-
-
 @dataclass
 class _Round:
     """One sampling round of a step: this process's rollout and scores, plus the gathered rewards."""
@@ -118,6 +78,7 @@ class _Round:
     all_groups: torch.Tensor  # [n_global]
     offset: int  # where this process's rows start in the gathered tensors
     take: int  # prompts drawn (global)
+    domain_ids: torch.Tensor  # [n_local] index into Trainer.domains (-1: the row has no domain)
 
 
 # Micro-batches merged into one no-grad (reference / old-policy) pass; see `Trainer._update`.
@@ -178,14 +139,16 @@ class Trainer:
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(self.model)
 
-        self.dataset = load_prompt_dataset(cfg)
-        self.eval_set = load_prompt_dataset(cfg.eval_config()) if cfg.eval_every else None
-        if cfg.eval_every and not cfg.eval_dataset and cfg.dataset and Path(cfg.dataset).is_file() and self.acc.is_main_process:
-            log.warning("eval_every=%d: dataset=%r is one file with no '%s' split, so the held-out evaluation scores the "
-                        "training prompts; set eval_dataset to a held-out file", cfg.eval_every, cfg.dataset, cfg.eval_split)
+        self.dataset, sources = load_prompt_sources(cfg)
+        self.eval_set, eval_sources = load_prompt_sources(cfg.eval_config()) if cfg.eval_every else (None, [])
+        reused = heldout_reuses_training(cfg) if cfg.eval_every else []
+        if reused and self.acc.is_main_process:
+            log.warning("eval_every=%d: %s %s one file with no '%s' split, so the held-out evaluation scores its training "
+                        "prompts; set eval_dataset to a held-out file", cfg.eval_every, ", ".join(map(repr, reused)),
+                        "is" if len(reused) == 1 else "are", cfg.eval_split)
         self.best_eval, self.evals_since_best = -1.0, 0
         if cfg.streaming:  # read by the main process only, batches broadcast (see _draw_prompts)
-            self.stream = StreamingPrompts(self.dataset, cfg.seed, cfg.shuffle_buffer, cfg.dataset)
+            self.stream = StreamingPrompts(self.dataset, cfg.seed, cfg.shuffle_buffer, cfg.data_label())
             self.total_steps = cfg.max_steps
         else:
             self.stream = PromptStream(len(self.dataset), cfg.seed)
@@ -200,10 +163,9 @@ class Trainer:
         if not cfg.streaming:  # the first prompts, tokenised as training will: ids past the embedding table
             first = self.dataset[: min(len(self.dataset), 256)]["prompt"]
             check_token_ids(self.tokenizer, self.model, render_prompts(first, self.tokenizer, cfg), cfg.max_prompt_length,
-                            cfg.dataset or "builtin")
-        for ds, source in ((self.dataset, cfg.dataset), (self.eval_set, cfg.eval_dataset or cfg.dataset)):
-            if getattr(ds, "column_names", None) is not None:  # a stream may not know its columns yet
-                self.rewards.check_columns([c for c in ds.column_names if c != "prompt"], source or "builtin")
+                            cfg.data_label())
+        check_sources(self.rewards, sources + eval_sources)
+        self.domains = domain_names(self.rewards, sources + eval_sources)  # per-domain metrics, when there are domains
 
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
@@ -250,7 +212,7 @@ class Trainer:
             name = cfg.run_name or Path(cfg.output_dir).resolve().name
             acc.init_trackers(name, config=flat_config(cfg))
         last = {}
-        stop = _StopSignal()
+        stop = StopSignal()
         try:
             if self.eval_set is not None and self.step == 0:
                 baseline = {"step": 0, **self.evaluate_heldout()}
@@ -314,7 +276,7 @@ class Trainer:
                 top_k=cfg.top_k, seed=cfg.seed, threshold=cfg.eval_threshold, eos_token_ids=self.eos_ids,
                 tokenize=self.tokenize,
             )
-        metrics = {f"eval/{k}": v for k, v in result.items() if k not in ("n_prompts", "n_samples")}
+        metrics = {f"eval/{k}": v for k, v in result.items() if not k.endswith(("n_prompts", "n_samples"))}
         score = result.get("pass@1", result[f"pass@{cfg.eval_k[0]}"])
         if score > self.best_eval:
             self.best_eval, self.evals_since_best = score, 0
@@ -357,7 +319,7 @@ class Trainer:
         keys = sample_keys(cfg.seed, 0, group, torch.arange(n, device=self.device).repeat(len(prompts)))
         chunk = cfg.rollout_batch_size or max(len(prompts), 1)
         parts = []
-        with dist.unwrapped_for_generation(acc, self.model) as policy, self._sampler(policy) as sample, _explain_oom(
+        with dist.unwrapped_for_generation(acc, self.model) as policy, self._sampler(policy) as sample, explain_oom(
             f"generating {len(prompts)} prompts x {n} samples x up to {cfg.max_length} tokens on one process: "
             f"lower rollout_batch_size (now {cfg.rollout_batch_size or 'all'} prompts per call; results unchanged), then max_length"
         ):
@@ -384,7 +346,9 @@ class Trainer:
         all_rewards = dist.gather_varlen(acc, rewards)
         all_groups = dist.gather_varlen(acc, group)
         offset = dist.rank_offset(acc, rewards.numel(), self.device)
-        return _Round(ro, rewards, scored, rw, rep_prompts, completions, lengths, all_rewards, all_task, all_groups, offset, take)
+        domain_ids = [self.domains.index(d) if d in self.domains else -1 for d in batch.get("domain", [None] * len(prompts))]
+        return _Round(ro, rewards, scored, rw, rep_prompts, completions, lengths, all_rewards, all_task, all_groups, offset, take,
+                      torch.tensor(domain_ids, dtype=torch.long, device=self.device).repeat_interleave(n))
 
     @contextlib.contextmanager
     def _sampler(self, policy):
@@ -408,7 +372,7 @@ class Trainer:
         t_gen = time.perf_counter() - t0
         self._stop_if_every_reward_failed(rounds)
         ro, advantages, keep, zero_signal = self._advantages(rounds)
-        with _explain_oom(
+        with explain_oom(
             f"the policy update: lower micro_batch_size (now {cfg.micro_batch_size} completions per pass; results "
             "unchanged), then max_length"
         ):
@@ -420,7 +384,7 @@ class Trainer:
         self.totals["skipped_groups"] += int(zero_signal.sum()) // cfg.n_samples
         self.totals["repaired_logit_rows"] += int(dist.global_sum(self.acc, torch.tensor([ro.repaired_rows], device=self.device)))
         m = {"step": self.step, "epoch": self._epoch(),
-             **step_metrics(self.acc, rounds, ro, update, keep, zero_signal, self.rewards.names, cfg.n_samples)}
+             **step_metrics(self.acc, rounds, ro, update, keep, zero_signal, self.rewards.names, cfg.n_samples, self.domains)}
         m.update(ref_reset=reset, lr=lr_at(self.step - 1, cfg), gen_time=t_gen,
                  nonfinite_steps=self.totals["nonfinite_steps"], repaired_logit_rows=self.totals["repaired_logit_rows"],
                  ref_resets=self.totals["ref_resets"])
@@ -438,9 +402,10 @@ class Trainer:
         function beside a working one is isolated as before: its samples get the fallback.)"""
         total = sum(r.all_rewards.numel() for r in rounds)
         names = self.rewards.names
-        local = torch.tensor([sum(r.rw.faults.get(name, 0) for r in rounds) for name in names], device=self.device, dtype=torch.float64)
-        faults = dist.global_sum(self.acc, local).tolist()
-        if total and all(count >= total for count in faults):
+        local = torch.tensor([[sum(r.rw.faults.get(name, 0) for r in rounds), sum(r.rw.applied.get(name, 0) for r in rounds)]
+                              for name in names], device=self.device, dtype=torch.float64)
+        counts = dist.global_sum(self.acc, local).tolist()  # per function: samples faulted, samples scored
+        if total and all(faulted >= scored for faulted, scored in counts):
             error = next((r.rw.first_error[n] for n in names for r in rounds if r.rw.first_error.get(n)), "no error text")
             raise TrainingAborted(
                 f"every reward function ({', '.join(names)}) failed on all {total} samples of step {self.step + 1} "

@@ -257,4 +257,4 @@ def test_evaluating_a_single_training_file_says_it_is_not_held_out(tmp_path, cap
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "answer": str(2 * a)}) + "\n" for a in range(8)))
     Trainer(small_run(tmp_path, dataset=str(path), eval_every=2, eval_max_prompts=4))
-    assert "is one file with no 'test' split, so the held-out evaluation scores the training prompts" in caplog.text
+    assert "is one file with no 'test' split, so the held-out evaluation scores its training prompts" in caplog.text

@@ -34,13 +34,18 @@ def test_plot_writes_pngs(tmp_path):
     from prorl.plot import plot_run
 
     rows = [{"step": s, "reward_mean": s / 10, "kl": 0.01 * s, "entropy": 1 - s / 10, "completion_len_mean": 4,
-             "completion_len_max": 6, "clip_frac": 0.0, "skipped_groups": 1, "ref_reset": s == 2} for s in range(1, 5)]
-    rows.insert(0, {"step": 0, "eval/pass@1": 0.3})
+             "completion_len_max": 6, "clip_frac": 0.0, "skipped_groups": 1, "ref_reset": s == 2,
+             "domain/math/reward_mean": s / 8, "domain/code/reward_mean": s / 20, "domain/math/zero_signal_frac": 0.5}
+            for s in range(1, 5)]
+    rows.insert(0, {"step": 0, "eval/pass@1": 0.3, "eval/domain/math/pass@1": 0.5})
     rows[-1]["eval/pass@1"] = 0.4
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     written = plot_run(tmp_path)
     names = {p.name for p in written}
     assert {"reward.png", "kl.png", "entropy.png", "heldout_pass_at_k.png"} <= names
+    # a mixed run: one chart per per-domain metric, a line per domain
+    assert {"domain_reward_mean.png", "domain_zero_signal_frac.png", "domain_heldout_pass_at_k.png"} <= names
+    assert "domain_completion_len_mean.png" not in names  # not logged: no empty chart
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in written)
 
 

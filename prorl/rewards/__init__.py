@@ -17,15 +17,18 @@ from .base import (
     build_rewards,
     builtin_names,
     cancellation_event,
-    rewards_from_config,
     score_rollout,
 )
+from .routing import DomainRewards, check_sources, domain_names, rewards_from_config
 
 # Importing these registers their built-ins.
 from . import code, math, shaping  # noqa: E402,F401  (isort: skip)
 from .sandbox import SandboxResult, run_python
 
 __all__ = [
+    "DomainRewards",
+    "check_sources",
+    "domain_names",
     "rewards_from_config",
     "score_rollout",
     "RewardConfigError",

@@ -46,6 +46,7 @@ class RewardOutput:
     per_func: dict[str, list[float]]  # name -> per-sample values (fallback where a fault occurred)
     faults: dict[str, int] = field(default_factory=dict)  # name -> samples that got the fallback
     first_error: dict[str, str] = field(default_factory=dict)  # name -> first error message
+    applied: dict[str, int] = field(default_factory=dict)  # name -> samples it scored (per-domain rewards skip others)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,16 +112,6 @@ def score_rollout(rewards: "Rewards", tokenizer, ro, prompts: list, columns: dic
     out = rewards(repeated, texts, cols, completion_lengths=lengths.tolist(), truncated=ro.truncated.tolist(),
                   max_length=max_length)
     return texts, lengths, out, repeated
-
-
-def rewards_from_config(cfg, funcs=None) -> "Rewards":
-    """The reward set a run's config describes (`funcs` in place of cfg.reward_funcs, e.g. callables
-    given to the Python API), with its weights, kwargs, fallback, strictness and timeout. Training and
-    `prorl eval` both build theirs here, so they cannot score differently."""
-    return build_rewards(
-        list(funcs) if funcs is not None else cfg.reward_funcs, cfg.reward_weights, kwargs=cfg.reward_kwargs,
-        fallback=cfg.reward_fallback, strict=cfg.reward_strict, timeout_s=cfg.reward_timeout,
-    )
 
 
 def build_rewards(
@@ -349,7 +340,8 @@ class Rewards:
         for i in range(n):
             t = sum(r.weight * per_func[r.name][i] for r in self._loaded)
             total.append(t if _fits_float32(t) else fallback_total)  # finite values can still overflow
-        return RewardOutput(total=total, per_func=per_func, faults=faults, first_error=first_error)
+        return RewardOutput(total=total, per_func=per_func, faults=faults, first_error=first_error,
+                            applied={r.name: n for r in self._loaded})
 
     def _call_one(self, r: _Loaded, prompts, completions, kw, n) -> tuple[list[float], int, str]:
         """Run one function; return (values with fallback applied, number of faults, first error)."""
