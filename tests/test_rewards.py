@@ -221,6 +221,15 @@ def test_bad_reference_gets_fallback_not_a_crash():
         ("q", "<think>a</think><think>b</think>42", False),
         ("q", "reason</think>42", False),
         ("Solve.<think>\n", "reason</think>42", True),  # the template pre-filled <think>
+        ("q", "<think>...</think>42", False),  # punctuation is no reasoning
+        ("q", "<think>reason</think> .", False),  # punctuation is no answer
+        ("q", "<think>so the answer is 42</think>", False),  # the answer left inside the block
+        ("q", "<think>a<think>b</think>c</think>42", False),  # nested blocks
+        ("q", "<think>reason", False),  # never closed
+        ("q", "<think>reason</think>```\n<think>\n```", False),  # a tag counts inside code fences too
+        ("q", "<think>reason</think>```python\nprint(42)\n```", True),  # code is an answer
+        ("q", "<Think>reason</Think>42", False),  # tags match exactly
+        ("q", "<think>\u6a21\u578b</think>\u56db\u5341\u4e8c", True),  # letters of any script count
     ],
 )
 def test_format(prompt, completion, expected):

@@ -1,6 +1,14 @@
-"""Shaping rewards that look at the form of a completion, not its correctness: format, length, overlong."""
+"""Shaping rewards that look at the form of a completion, not its correctness: format, length, overlong.
+
+`format` is 1.0 exactly when the completion has the shape "reasoning block, then answer" (see
+`format_ok` for the precise rules) and 0.0 otherwise. It judges the shape only: "<think>ok</think>7"
+passes whatever the question, so give it a small weight next to a correctness reward (e.g. math 1.0,
+format 0.1-0.2), never more than a correct answer is worth, and never use it alone.
+"""
 
 from __future__ import annotations
+
+import re
 
 from .base import register
 
@@ -15,11 +23,20 @@ def format_ok(
     answer_open_tag: str | None = None,
     answer_close_tag: str | None = None,
 ) -> bool:
-    """Reasoning in one non-empty open_tag...close_tag block first, then a non-empty answer.
+    """Whether a completion is one reasoning block followed by an answer. All of:
 
-    If the prompt already ends with open_tag (chat templates that pre-fill "<think>"), the
-    completion starts inside the block. With answer tags, the answer after the reasoning must be
-    exactly one answer_open_tag...answer_close_tag block with non-empty content."""
+    1. after leading whitespace it starts with open_tag; if the prompt ends with open_tag (chat
+       templates that pre-fill "<think>"), a completion that does not repeat it starts inside the block;
+    2. open_tag and close_tag each occur exactly once in it: no second, nested or unclosed block. The
+       count is over the whole text, code fences included, so code that quotes a tag fails;
+    3. the reasoning between the tags contains a letter or digit (not empty, not only punctuation);
+    4. the text after close_tag contains a letter or digit: an answer left inside the reasoning
+       block ("<think>... 42</think>") fails;
+    5. with answer tags: that text is exactly one answer_open_tag...answer_close_tag block, with
+       nothing but whitespace around it and a letter or digit inside it.
+
+    Tags match exactly (case and spelling). The content is not judged: any reasoning and any
+    answer of this shape pass."""
     text = completion.lstrip()
     if prompt.rstrip().endswith(open_tag) and not text.startswith(open_tag):
         text = open_tag + text
@@ -27,7 +44,7 @@ def format_ok(
         return False
     reasoning, _, answer = text[len(open_tag) :].partition(close_tag)
     answer = answer.strip()
-    if not reasoning.strip() or not answer:
+    if not _has_content(reasoning) or not _has_content(answer):
         return False
     if answer_open_tag is None:
         return True
@@ -36,8 +53,13 @@ def format_ok(
         and answer.endswith(answer_close_tag)
         and answer.count(answer_open_tag) == 1
         and answer.count(answer_close_tag) == 1
-        and bool(answer[len(answer_open_tag) : -len(answer_close_tag)].strip())
+        and _has_content(answer[len(answer_open_tag) : -len(answer_close_tag)])
     )
+
+
+def _has_content(text: str) -> bool:
+    """A letter or digit (any script): whitespace or punctuation alone ("...", "-") is no content."""
+    return re.search(r"[^\W_]", text) is not None
 
 
 @register("format")
