@@ -24,6 +24,7 @@ import pytest
 
 import prorl.rewards.ifeval as ifeval  # registers the "ifeval" built-in
 from prorl.rewards import RewardConfigError, RewardError, build_rewards
+from prorl.rewards import text_stats
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ifeval_examples.jsonl"
 ROWS = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines()]
@@ -79,13 +80,13 @@ class _FakeError(Exception):
 
 @pytest.fixture
 def no_langdetect(monkeypatch):
-    monkeypatch.setattr(ifeval, "_language_detector", lambda: None)
+    monkeypatch.setattr(text_stats, "_language_detector", lambda: None)
 
 
 @pytest.fixture
 def fake_langdetect(monkeypatch):
     def install(code):
-        monkeypatch.setattr(ifeval, "_language_detector", lambda: (_FakeFactory(code), _FakeError))
+        monkeypatch.setattr(text_stats, "_language_detector", lambda: (_FakeFactory(code), _FakeError))
 
     return install
 
