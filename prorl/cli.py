@@ -50,10 +50,10 @@ def _options():
 # (batch shape, loss, optimizer, reference, checkpoints) means nothing there and is not offered.
 EVAL_OPTIONS = (
     "tokenizer_name_or_path", "dataset", "datasets", "dataset_config", "dataset_split", "data_files", "prompt_column",
-    "rename_columns", "prompt_template", "max_prompts", "streaming", "shuffle_buffer", "chat_template", "system_prompt", "max_prompt_length",
-    "reward_funcs", "reward_weights", "reward_kwargs", "reward_fallback", "reward_strict", "reward_timeout",
-    "max_length", "temperature", "top_p", "top_k", "rollout_engine", "cuda_graphs", "vllm_gpu_memory_utilization",
-    "vllm_kwargs", "eval_threshold", "dtype", "mixed_precision", "seed", "deterministic",
+    "rename_columns", "prompt_template", "max_prompts", "streaming", "shuffle_buffer", "chat_template", "system_prompt",
+    "max_prompt_length", "reward_funcs", "reward_weights", "reward_kwargs", "reward_fallback", "reward_strict",
+    "reward_timeout", "code_sandbox", "max_length", "temperature", "top_p", "top_k", "rollout_engine", "cuda_graphs",
+    "vllm_gpu_memory_utilization", "vllm_kwargs", "eval_threshold", "dtype", "mixed_precision", "seed", "deterministic",
 )
 EVAL_DEFAULTS = {"dataset_split": "test"}
 

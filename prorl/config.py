@@ -112,6 +112,7 @@ class Config:
     reward_fallback: float = opt(0.0, "Reward given to a sample whose reward function raised, hung or returned a bad value.")
     reward_strict: bool = opt(False, "Make reward-function faults fatal (for debugging) instead of using the fallback.")
     reward_timeout: float = opt(120.0, "Seconds a reward-function call may take before its samples get the fallback.")
+    code_sandbox: str = opt("auto", "Isolation of the code reward's programs: strict (Linux namespaces: no network, no view of the trainer's files; refuse to start without it), basic (resource limits and a Python guard only) or auto (strict where this machine allows it; the level in effect is logged).", choices=("auto", "strict", "basic"))
 
     # --- batch shape ---
     n_epochs: int = opt(1, "Passes over the prompt dataset (ignored when max_steps is set).")

@@ -2,26 +2,50 @@
 
 `code` picks the test layout per sample from the columns present:
 
-* HumanEval (``test`` + ``entry_point``): program = prompt + completion, then the ``test`` source and
-  ``check(entry_point)``. Reward 1 or 0.
-* assert list (``tests``: list of assert statements, or one string = one test): program = the
-  completion, then each test; reward = fraction of tests passed. One process runs all tests, so
-  a test that hangs ends the run at the timeout; tests that passed before it still count.
+* HumanEval (``test`` + ``entry_point``): the candidate program is prompt + completion; the tests
+  are ``test`` then ``check(entry_point)``. Reward 1 or 0.
+* assert list (``tests``: list of assert statements, or one string = one test): the candidate is
+  the completion; reward = fraction of tests passed. A test that hangs ends the run at the
+  timeout; tests that passed before it still count.
 * stdin/stdout (``inputs`` / ``outputs``: lists of strings): the completion runs once per case with
   that stdin; a case passes if it exits 0 and prints the expected output, compared token by token
-  (whitespace-insensitive). Reward = fraction of cases passed. After a case times out, the
-  remaining cases of that completion are counted as failed without running (bounds the time).
+  (whitespace-insensitive) here in the trainer. Reward = fraction of cases passed. After a case
+  times out, the remaining cases of that completion are counted as failed without running.
 
 If the completion contains a Markdown code fence, the first ```python (or unlabelled) block is
-used, else the first block; otherwise the completion is used as is. For the HumanEval and assert
-layouts the program runs with ``__name__`` set to something other than "__main__", so a
-completion's ``if __name__ == "__main__":`` demo block (often calling ``input()``) does not run.
+used, else the first block; otherwise the completion is used as is. The candidate program runs
+with ``__name__`` set to something other than "__main__", so a completion's ``if __name__ ==
+"__main__":`` demo block (often calling ``input()``) does not run.
 
-A test counts only when the harness prints a random per-run marker after it succeeds, so
-``sys.exit(0)`` / ``os._exit(0)`` before or inside the tests cannot pass them. The harness runs in
-the same process as the completion, so code that deliberately reads its own source for the marker,
-or returns objects whose ``__eq__`` always says True, can still fake passes: this stops accidents
-and cheap hacks, not an adversary.
+A pass means the tests passed. For the HumanEval and assert layouts the candidate runs in one
+sandboxed process and the tests in another, trusted one (`prorl.rewards.sandbox.run_tests`):
+
+* The tester executes the tests with the candidate's functions bound to proxies. A call sends its
+  arguments to the candidate's process as plain data (None, bool, int, float, str, bytes and
+  lists, tuples, sets, frozensets and dicts of them, with limits on depth, element count and
+  size) and gets back plain data, or the name and message of the exception raised (re-raised in
+  the tester as that built-in exception, else as ``CandidateError``). No object of the
+  candidate's reaches a comparison: ``__eq__``/``__hash__``/``__bool__`` overrides, subclasses of
+  ``int``/``str``/``list``, generators or functions as results fail the test (numpy scalars are
+  converted to their plain value).
+* Nothing the grader knows exists in the candidate's process: the tests, the expected values
+  and the pass report's nonce reach the tester only after the candidate's process was forked.
+  The verdict travels on a pipe only the tester holds. So exiting early (``sys.exit``,
+  ``os._exit``, ``atexit``), printing fake results, patching builtins, ``sys.modules`` or the
+  wire code, redefining ``check``, reading its own stack, ``gc`` or source, cannot pass a test:
+  the candidate can only influence the values it returns.
+* HumanEval helpers the tests call (e.g. ``poly``, ``encode_cyclic``) come from running the
+  prompt on the tester's side, not from the candidate. For the assert layout, every top-level
+  function of the candidate is bound by name except names of built-ins (so redefining ``abs``,
+  ``isinstance`` or ``print`` changes nothing for the tests), as are standard-library modules the
+  solution imported (``math`` ...).
+
+Limits of this design: results must be plain data (tests of classes or methods, e.g.
+``Solution().f(x)``, fail); arguments are copies, so a test checking that the function mutated its
+argument fails; the candidate's process persists between the calls of one run (module state is
+kept, as in one Python program), so it can notice repeated calls; and what a test reveals through
+its arguments the candidate sees. Isolation of the candidate's process (network, files, other
+processes) is the sandbox's level: see `prorl.rewards.sandbox` and the ``sandbox`` option.
 
 `code_heuristic` (no execution): 0 for an empty completion or one that does not parse as Python
 (as is or dedented, so a function body continuing a prompt counts); 0.5 if it parses; 1.0 if it
@@ -33,36 +57,15 @@ from __future__ import annotations
 import ast
 import os
 import re
-import secrets
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 from .base import cancellation_event, register
-from .sandbox import run_python
+from .sandbox import LEVELS, SandboxUnavailableError, check_sandbox_level, run_python, run_tests
 
 __all__ = ["code_likeness", "extract_code", "run_asserts", "run_humaneval", "run_stdio"]
 
-_NOT_MAIN = "__prorl_solution__"
 _FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-
-# Defined before the completion runs, holding its own references to the builtins it needs, so a
-# completion that defines `print` or `exec` does not change how tests are run or reported.
-_HARNESS_HEAD = """\
-def __prorl_run_tests(tests, marker, _b=__builtins__ if isinstance(__builtins__, dict) else __builtins__.__dict__):
-    _exec, _compile, _print, _enumerate, _BaseException = _b["exec"], _b["compile"], _b["print"], _b["enumerate"], _b["BaseException"]
-    scope = globals()  # the program's module namespace, where the completion's functions will live
-    def run():
-        for i, source in _enumerate(tests):
-            try:
-                _exec(_compile(source, "<test %d>" % i, "exec"), scope)
-            except _BaseException:  # includes SystemExit raised by the code under test
-                continue
-            _print(marker, i, flush=True)
-    return run
-__prorl_run_tests = __prorl_run_tests({tests!r}, {marker!r})
-__name__ = {not_main!r}
-"""
-_HARNESS_TAIL = "\n\n__prorl_run_tests()\n"
 
 
 def extract_code(completion: str) -> tuple[str, bool]:
@@ -76,34 +79,26 @@ def extract_code(completion: str) -> tuple[str, bool]:
     return blocks[0][1], True
 
 
-def _passed_tests(code: str, tests: list[str], timeout_s: float, memory_mb: int) -> int:
-    """Run code then each test in one sandboxed process; return how many tests passed."""
-    marker = "PRORL-PASS-" + secrets.token_hex(16)
-    program = _HARNESS_HEAD.format(tests=list(tests), marker=marker, not_main=_NOT_MAIN) + code + _HARNESS_TAIL
-    result = run_python(program, timeout_s=timeout_s, memory_mb=memory_mb)
-    passed = set()
-    for line in result.stdout.splitlines():
-        head, _, index = line.partition(" ")
-        if head == marker and index.isdigit():
-            passed.add(int(index))
-    return len(passed & set(range(len(tests))))
-
-
-def run_humaneval(prompt: str, completion: str, test: str, entry_point: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) -> float:
+def run_humaneval(prompt: str, completion: str, test: str, entry_point: str, *, timeout_s: float = 10.0,
+                  memory_mb: int = 1024, isolation: str = "auto") -> float:
     code, fenced = extract_code(completion)
     program = prompt + ("\n" if fenced else "") + code
     check = f"{test}\n\ncheck({entry_point})\n"
-    return float(_passed_tests(program, [check], timeout_s, memory_mb))
+    run = run_tests(program, [check], setup=prompt, bind={entry_point: entry_point}, timeout_s=timeout_s,
+                    memory_mb=memory_mb, isolation=isolation)
+    return 1.0 if 0 in run.passed else 0.0
 
 
-def run_asserts(completion: str, tests, *, timeout_s: float = 10.0, memory_mb: int = 1024) -> float:
+def run_asserts(completion: str, tests, *, timeout_s: float = 10.0, memory_mb: int = 1024, isolation: str = "auto") -> float:
     tests = [tests] if isinstance(tests, str) else list(tests)
     if not tests:
         raise ValueError("empty test list")
-    return _passed_tests(extract_code(completion)[0], tests, timeout_s, memory_mb) / len(tests)
+    run = run_tests(extract_code(completion)[0], tests, timeout_s=timeout_s, memory_mb=memory_mb, isolation=isolation)
+    return len(run.passed) / len(tests)
 
 
-def run_stdio(completion: str, inputs, outputs, *, timeout_s: float = 10.0, memory_mb: int = 1024, cancel=None) -> float:
+def run_stdio(completion: str, inputs, outputs, *, timeout_s: float = 10.0, memory_mb: int = 1024, cancel=None,
+              isolation: str = "auto") -> float:
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     outputs = [outputs] if isinstance(outputs, str) else list(outputs)
     if len(inputs) != len(outputs) or not inputs:
@@ -113,21 +108,20 @@ def run_stdio(completion: str, inputs, outputs, *, timeout_s: float = 10.0, memo
     for stdin, expected in zip(inputs, outputs):
         if cancel is not None and cancel.is_set():
             break
-        result = run_python(code, stdin=str(stdin), timeout_s=timeout_s, memory_mb=memory_mb)
+        result = run_python(code, stdin=str(stdin), timeout_s=timeout_s, memory_mb=memory_mb, isolation=isolation)
         if result.timed_out:
             break  # a program that hangs on one input very likely hangs on the rest
         passed += result.passed and result.stdout.split() == str(expected).split()
     return passed / len(inputs)
 
 
-def _job(prompt: str, completion: str, columns: dict, i: int, timeout_s: float, memory_mb: int, cancel):
+def _job(prompt: str, completion: str, columns: dict, i: int, limits: dict, cancel):
     """A zero-argument callable scoring sample i, or None if the sample has no tests."""
 
     def get(key):
         values = columns.get(key)
         return None if values is None else values[i]
 
-    limits = {"timeout_s": timeout_s, "memory_mb": memory_mb}
     if get("test") and get("entry_point"):
         return lambda: run_humaneval(prompt, completion, get("test"), get("entry_point"), **limits)
     if get("tests"):
@@ -145,15 +139,24 @@ def _cpu_count() -> int:
 
 
 @register("code")
-def make_code(timeout_s: float = 10.0, memory_mb: int = 1024, max_workers: int | None = None):
-    """timeout_s: wall-clock limit per program run; max_workers: parallel sandboxes (default min(8, CPUs))."""
+def make_code(timeout_s: float = 10.0, memory_mb: int = 1024, max_workers: int | None = None, sandbox: str = "auto"):
+    """timeout_s: wall-clock limit per program run; max_workers: parallel sandboxes (default min(8, CPUs));
+    sandbox: isolation level, "auto" (strict where the machine allows it), "strict" (refuse to
+    start without it) or "basic" (see `prorl.rewards.sandbox`)."""
     if timeout_s <= 0 or memory_mb <= 0:
         raise ValueError("timeout_s and memory_mb must be positive")
+    if sandbox not in LEVELS:
+        raise ValueError(f"sandbox must be one of {', '.join(LEVELS)}; got {sandbox!r}")
+    try:
+        level = check_sandbox_level(sandbox)
+    except SandboxUnavailableError as e:
+        raise ValueError(str(e)) from None  # a configuration error: reported when the rewards are built
     workers = max_workers or min(8, _cpu_count())
+    limits = {"timeout_s": timeout_s, "memory_mb": memory_mb, "isolation": level}
 
     def code_reward(prompts: list[str], completions: list[str], **columns) -> list[float | None]:
         cancel = cancellation_event()
-        jobs = [_job(p, c, columns, i, timeout_s, memory_mb, cancel) for i, (p, c) in enumerate(zip(prompts, completions))]
+        jobs = [_job(p, c, columns, i, limits, cancel) for i, (p, c) in enumerate(zip(prompts, completions))]
         if completions and all(job is None for job in jobs):
             raise ValueError(
                 "the 'code' reward needs columns 'test'+'entry_point' (HumanEval), 'tests' (asserts) "
@@ -168,6 +171,7 @@ def make_code(timeout_s: float = 10.0, memory_mb: int = 1024, max_workers: int |
             return list(pool.map(run, jobs))
 
     code_reward.required_columns = [("test", "entry_point"), ("tests",), ("inputs", "outputs")]
+    code_reward.sandbox_level = level
     return code_reward
 
 

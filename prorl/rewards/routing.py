@@ -23,19 +23,29 @@ def rewards_from_config(cfg, funcs=None) -> "Rewards | DomainRewards":
     specs = funcs if funcs is not None else cfg.reward_funcs
     options = dict(fallback=cfg.reward_fallback, strict=cfg.reward_strict, timeout_s=cfg.reward_timeout)
     if not isinstance(specs, dict):
-        return build_rewards(list(specs), cfg.reward_weights, kwargs=cfg.reward_kwargs, **options)
+        return build_rewards(list(specs), cfg.reward_weights, kwargs=_with_sandbox(cfg, specs, cfg.reward_kwargs), **options)
     weights = cfg.reward_weights or {}
     unknown = sorted(set(cfg.reward_kwargs) - {str(s) for specs_ in specs.values() for s in specs_})
     if unknown:
         raise RewardConfigError(f"reward kwargs given for {unknown}, which no domain in reward_funcs uses; key them by the exact spec string")
     by_domain = {}
     for domain, domain_specs in specs.items():
-        kwargs = {k: v for k, v in cfg.reward_kwargs.items() if k in {str(s) for s in domain_specs}}
+        kwargs = _with_sandbox(cfg, domain_specs, {k: v for k, v in cfg.reward_kwargs.items() if k in {str(s) for s in domain_specs}})
         try:
             by_domain[domain] = build_rewards(list(domain_specs), weights.get(domain), kwargs=kwargs, **options)
         except RewardConfigError as e:
             raise RewardConfigError(f"reward_funcs[{domain}]: {e}") from None
     return DomainRewards(by_domain)
+
+
+def _with_sandbox(cfg, specs, kwargs: dict) -> dict:
+    """The `code` reward's isolation level from the top-level `code_sandbox`, unless its own
+    reward_kwargs set `sandbox`."""
+    if "code" not in [str(s) for s in specs]:
+        return kwargs
+    code = dict(kwargs.get("code") or {})
+    code.setdefault("sandbox", cfg.code_sandbox)
+    return {**kwargs, "code": code}
 
 
 class DomainRewards:
