@@ -27,7 +27,8 @@ def _write(tmp_path, name: str, source: str) -> str:
 
 
 def test_builtins_are_registered():
-    assert builtin_names() == ["code", "code_heuristic", "exact_match", "format", "length_penalty", "math", "overlong"]
+    assert builtin_names() == ["choice", "code", "code_heuristic", "exact_match", "format", "ifeval", "length_penalty", "math",
+                               "overlong", "reasoning_gym"]
 
 
 def test_weighted_total_and_names():

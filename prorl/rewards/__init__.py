@@ -6,7 +6,8 @@
                   completion_lengths=lengths, truncated=truncated, max_length=1024)
     out.total, out.per_func, out.faults, out.first_error
 
-Built-ins: exact_match, math, code, code_heuristic, format, length_penalty, overlong.
+Built-ins: exact_match, math, code, code_heuristic, format, length_penalty, overlong, choice, ifeval,
+reasoning_gym (with the `puzzles` extra).
 """
 
 from .base import (
@@ -22,7 +23,7 @@ from .base import (
 from .routing import DomainRewards, check_sources, domain_names, rewards_from_config
 
 # Importing these registers their built-ins.
-from . import code, ifeval, math, shaping  # noqa: E402,F401  (isort: skip)
+from . import choice, code, ifeval, math, shaping  # noqa: E402,F401  (isort: skip)
 from .sandbox import SandboxResult, run_python
 
 __all__ = [
