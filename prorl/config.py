@@ -80,6 +80,9 @@ MIXTURE_STOPPING = ("all_exhausted", "first_exhausted")
 SOURCE_OPTIONS = ("dataset", "dataset_config", "dataset_split", "data_files", "prompt_column", "rename_columns", "prompt_template",
                   "max_prompts", "eval_dataset", "eval_split", "eval_max_prompts")
 SOURCE_ONLY = ("domain", "weight", "remove_columns")
+# A held-out Config remembers how many prompts its training source drew (not an option): a generated
+# source (reasoning_gym:) keeps those rows out of its held-out rows.
+TRAIN_SIZE = "_train_max_prompts"
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # it becomes part of metric names: domain/<name>/reward_mean
 
 
@@ -88,14 +91,14 @@ class Config:
     # --- model and data ---
     model_name_or_path: str = opt(DEFAULT_MODEL, "Hub model id or local folder of the policy (a causal LM).")
     tokenizer_name_or_path: str | None = opt(None, "Tokenizer to use; defaults to model_name_or_path.")
-    dataset: str | None = opt(None, "Prompt source: a .txt/.jsonl/.json/.csv/.parquet file, a save_to_disk folder, a Hub dataset name, or builtin:NAME. Empty = built-in sample task.")
+    dataset: str | None = opt(None, "Prompt source: a .txt/.jsonl/.json/.csv/.parquet file, a save_to_disk folder, a Hub dataset name, builtin:NAME, or reasoning_gym:TASK[,TASK...] (puzzles generated from the seed; the puzzles extra). Empty = built-in sample task.")
     dataset_config: str | None = opt(None, "Hub dataset configuration name (e.g. 'main' for gsm8k).")
     dataset_split: str = opt("train", "Dataset split to train on.")
     data_files: str | None = opt(None, "data_files pattern passed to datasets.load_dataset (glob or path).")
     prompt_column: str = opt("prompt", "Column holding the prompt text, or chat messages (other columns go to reward functions).")
     rename_columns: dict[str, str] = opt({}, "Rename dataset columns before use, e.g. {solution: answer} so built-in rewards find 'answer'.")
     prompt_template: str | None = opt(None, "Build each prompt from its row: a format string over its columns ({prompt} is the prompt column), e.g. 'Q: {prompt} {options:letters} Answer:'; the :letters format lists a list column as (A) ..., (B) ... lines.")
-    max_prompts: int | None = opt(None, "Use at most this many prompts from the dataset (after shuffling; with streaming, the first this many).")
+    max_prompts: int | None = opt(None, "Use at most this many prompts from the dataset (after shuffling; with streaming, the first this many; for reasoning_gym: per task, default 1000).")
     streaming: bool = opt(False, "Read the dataset as a stream (datasets' IterableDataset) instead of downloading it whole; for very large sets. Needs max_steps.")
     shuffle_buffer: int = opt(10_000, "With streaming: prompts are shuffled within a buffer of this many rows, reseeded each epoch (1 = stream order).")
     chat_template: bool = opt(False, "Render prompts with the tokenizer's chat template (as a user message).")
@@ -370,7 +373,9 @@ class Config:
     def source_config(self, i: int) -> "Config":
         """Source i of `datasets` as a single-dataset Config: its keys over the top-level options."""
         entry = {k: v for k, v in self.datasets[i].items() if k in SOURCE_OPTIONS}
-        return dataclasses.replace(self, datasets=[], **entry)
+        one = dataclasses.replace(self, datasets=[], **entry)
+        setattr(one, TRAIN_SIZE, self.datasets[i].get(TRAIN_SIZE))
+        return one
 
     def loss_kwargs(self) -> dict:
         """Options for `algos.policy_loss`; unset clip bounds fall back to the loss's own defaults."""
@@ -384,13 +389,16 @@ class Config:
             # a separate eval_dataset has its own columns: remove_columns (named for the training source) is not applied to it
             heldout = [{**{k: v for k, v in e.items() if k != "weight" and not (k == "remove_columns" and e.get("eval_dataset"))},
                         "dataset": e.get("eval_dataset") or e["dataset"], "dataset_split": e.get("eval_split") or self.eval_split,
-                        "max_prompts": e.get("eval_max_prompts", self.eval_max_prompts)} for e in self.datasets]
+                        "max_prompts": e.get("eval_max_prompts", self.eval_max_prompts),
+                        TRAIN_SIZE: e.get("max_prompts", self.max_prompts)} for e in self.datasets]
             return dataclasses.replace(self, datasets=heldout,
                                        mixture="concatenate", streaming=False)
-        return dataclasses.replace(
+        heldout = dataclasses.replace(
             self, dataset=self.eval_dataset or self.dataset, dataset_split=self.eval_split, max_prompts=self.eval_max_prompts,
             streaming=False,  # a held-out set is scored whole, every eval
         )
+        setattr(heldout, TRAIN_SIZE, self.max_prompts)
+        return heldout
 
     def data_label(self) -> str:
         """How messages name the run's prompts: the dataset, the mixture, or the built-in task."""

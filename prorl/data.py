@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from .config import Config, ConfigError
+from .config import TRAIN_SIZE, Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +157,20 @@ def _load_source(cfg: Config) -> datasets.Dataset | datasets.IterableDataset:
     """The prompt dataset named by the config, with a string column ``prompt``.
 
     Accepts a local file (txt: one prompt per line; jsonl/json/csv/parquet), a `save_to_disk` folder,
-    a folder of data files, ``builtin:NAME`` (or nothing: the built-in arithmetic task), or a Hub
-    dataset name with optional config and split. With ``cfg.streaming`` the same sources come back
+    a folder of data files, ``builtin:NAME`` (or nothing: the built-in arithmetic task),
+    ``reasoning_gym:TASK[,TASK...]`` (puzzles generated from the seed, max_prompts per task, default
+    1000; `prorl.puzzles`), or a Hub dataset name with optional config and split. With ``cfg.streaming`` the same sources come back
     as a `datasets.IterableDataset` (read lazily; wrap it in `StreamingPrompts`).
     """
     source = cfg.dataset
+    cap = cfg.max_prompts  # rows kept; a generated source already made max_prompts per task
     if source is not None and source.startswith("reasoning_gym:"):
         from .puzzles import load_reasoning_gym  # the `puzzles` extra
 
-        ds = load_reasoning_gym(source.split(":", 1)[1], split=cfg.dataset_split, seed=cfg.seed, size=cfg.max_prompts or 1000)
+        # per task; a held-out split leaves out the rows its training run drew (the default 1000 when unknown)
+        ds = load_reasoning_gym(source.split(":", 1)[1], split=cfg.dataset_split, seed=cfg.seed, size=cfg.max_prompts or 1000,
+                                train_size=getattr(cfg, TRAIN_SIZE, None) or 1000)
+        cap = None
     elif source is None or source.startswith("builtin:"):
         from .tasks import load_builtin_task
 
@@ -185,7 +190,7 @@ def _load_source(cfg: Config) -> datasets.Dataset | datasets.IterableDataset:
         ds = _templated(ds, cfg.prompt_template, source)
     if isinstance(ds, datasets.IterableDataset):
         ds = ds.filter(_non_empty, input_columns="prompt")
-        return ds.take(cfg.max_prompts) if cfg.max_prompts is not None else ds
+        return ds.take(cap) if cap is not None else ds
     total = len(ds)
     if total == 0:
         raise ConfigError(f"dataset={source!r} has no rows; add prompts to it")
@@ -202,8 +207,8 @@ def _load_source(cfg: Config) -> datasets.Dataset | datasets.IterableDataset:
     if not isinstance(feature, datasets.Value):
         for prompt in ds["prompt"]:
             _check_prompt_value(prompt, source)
-    if cfg.max_prompts is not None and len(ds) > cfg.max_prompts:
-        ds = ds.shuffle(seed=cfg.seed).select(range(cfg.max_prompts))
+    if cap is not None and len(ds) > cap:
+        ds = ds.shuffle(seed=cfg.seed).select(range(cap))
     return ds
 
 

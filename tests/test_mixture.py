@@ -242,3 +242,88 @@ def test_eval_summary_per_domain_by_hand():
     assert s == {"pass@1": 0.5, "pass@4": 0.5, "reward_mean": 0.5, "completion_len_mean": 1.5}
     s = _summary(table[table[:, 3] == 1], 4, [1, 4])
     assert s["pass@1"] == 0.25 and s["pass@4"] == 1.0
+
+
+# ---- the offline five-domain recipe, end to end -------------------------------------------------
+
+RECIPE = "launch/recipes/prorl_mix_offline.yaml"
+DOMAINS = ("code", "instructions", "math", "puzzles", "stem")
+TIMING = ("step_time", "gen_time", "tokens_per_s")
+
+
+def _mix_run(tmp_path, name, **overrides):
+    from prorl.trainer import Trainer
+
+    c = load_config(RECIPE, dict(dict(output_dir=str(tmp_path / name), progress_bar=False, max_steps=4, save_every=2), **overrides))
+    Trainer(c).train()
+    return tmp_path / name
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def repo_cwd(monkeypatch):
+    from .conftest import REPO
+
+    pytest.importorskip("reasoning_gym", reason="the recipe's puzzles domain needs the puzzles extra (in the test extra)")
+    monkeypatch.chdir(REPO)  # the recipe's data/mix paths are relative to the repository root
+
+
+@pytest.mark.slow
+def test_offline_mix_trains_logs_every_domain_and_resumes_bit_identically(tmp_path, repo_cwd):
+    from safetensors.torch import load_file
+
+    full = _mix_run(tmp_path, "full")
+    rows = _metrics(full)
+    assert [m["step"] for m in rows] == [1, 2, 3, 4]
+    logged = {k.split("/")[1] for m in rows for k in m if k.startswith("domain/")}
+    assert logged == set(DOMAINS), logged  # every domain had samples in some step, and reported them
+    for m in rows:
+        present = {k.split("/")[1] for k in m if k.startswith("domain/")}
+        assert len(present) >= 3 and sum(m[f"domain/{d}/samples"] for d in present) == 16 * 4
+        assert sum(m[f"domain/{d}/reward_mean"] * m[f"domain/{d}/samples"] for d in present) / 64 == pytest.approx(m["reward_mean"])
+    assert any(m["domain/math/reward_mean"] > 0 for m in rows if "domain/math/reward_mean" in m)  # the domain it can do
+    assert all(m["reward_faults"] == 0 for m in rows), [m.get("reward_faults") for m in rows]
+
+    part = _mix_run(tmp_path, "part", max_steps=2)
+    _mix_run(tmp_path, "part", resume="latest")
+    got, want = _metrics(part), rows
+    for g, w in zip(got, want):
+        assert {k: v for k, v in g.items() if k not in TIMING} == {k: v for k, v in w.items() if k not in TIMING}
+    a, b = load_file(str(part / "checkpoint-000004" / "model.safetensors")), load_file(str(full / "checkpoint-000004" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_offline_mix_one_and_two_processes_give_the_same_domain_rewards(tmp_path, repo_cwd):
+    from .test_distributed import launch
+
+    for nproc in (1, 2):
+        launch(nproc, "-m", "prorl", "train", "--config", RECIPE, "--max_steps", "3", "--save_every", "0",
+               "--output_dir", str(tmp_path / f"p{nproc}"), "--progress_bar", "false")
+    one, two = _metrics(tmp_path / "p1"), _metrics(tmp_path / "p2")
+    assert [m["step"] for m in two] == [1, 2, 3]
+    for a, b in zip(one, two):
+        keys = sorted(k for k in a if k.startswith("domain/") or k.startswith("rewards/"))
+        assert keys == sorted(k for k in b if k.startswith("domain/") or k.startswith("rewards/")) and keys
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+        assert a["reward_mean"] == b["reward_mean"]
+
+
+@pytest.mark.slow
+def test_eval_reports_pass_at_k_per_domain(tmp_path, repo_cwd, tiny_model):
+    from .test_cli import run
+
+    out = tmp_path / "e.json"
+    r = run("eval", "--model", tiny_model, "--config", RECIPE, "--k", "1,2", "--n", "2", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["n_prompts"] == 16 + 4 * 3 + 4 * 2  # eval_max_prompts per source; the puzzles' per task
+    for d in DOMAINS:
+        assert 0 <= result[f"domain/{d}/pass@1"] <= result[f"domain/{d}/pass@2"] <= 1
+        assert f"domain/{d}/pass@1" in r.stdout
+    assert result["domain/math/n_prompts"] == 16 and result["domain/puzzles/n_prompts"] == 8
+    per_domain = sum(result[f"domain/{d}/pass@1"] * result[f"domain/{d}/n_prompts"] for d in DOMAINS) / result["n_prompts"]
+    assert per_domain == pytest.approx(result["pass@1"])

@@ -44,7 +44,7 @@ def test_weighted_total_and_names():
 @pytest.mark.parametrize(
     "specs, weights, kwargs, message",
     [
-        (["exact_match", "nope"], None, None, "unknown built-in reward 'nope'; available: code, code_heuristic, exact_match"),
+        (["exact_match", "nope"], None, None, "unknown built-in reward 'nope'; available: choice, code, code_heuristic, exact_match"),
         (["exact_match", "format"], [1.0], None, "got 1 reward weights for 2 reward functions"),
         (["exact_match"], [float("nan")], None, "must be a finite number"),
         (["exact_match", "exact_match"], None, None, "listed twice"),

@@ -23,7 +23,7 @@ from .base import (
 from .routing import DomainRewards, check_sources, domain_names, rewards_from_config
 
 # Importing these registers their built-ins.
-from . import choice, code, ifeval, math, shaping  # noqa: E402,F401  (isort: skip)
+from . import choice, code, ifeval, math, puzzles, shaping  # noqa: E402,F401  (isort: skip)
 from .sandbox import SandboxResult, run_python
 
 __all__ = [

@@ -232,6 +232,8 @@ def _make_builtin(name: str, options: dict) -> RewardFn:
         raise RewardConfigError(f"reward '{name}': unknown option(s) {unknown}; valid options: {sorted(params) or 'none'}")
     try:
         return factory(**options)
+    except RewardConfigError:
+        raise  # already one line for the user (e.g. a missing optional package)
     except (TypeError, ValueError) as e:
         raise RewardConfigError(f"reward '{name}': bad option value: {_one_line(e)}") from e
 
