@@ -49,3 +49,20 @@ def toy_prompts():
 
     ids = torch.tensor([[0, 0, 5, 6, 7], [8, 2, 3, 4, 5], [0, 9, 9, 3, 2]])
     return ids, (ids != 0).long()
+
+
+def require(level: str) -> str:
+    """A code-sandbox isolation level for a test: skip without "strict", except as root on Linux
+    (where CI runs and namespaces must work), where its absence fails the test."""
+    import sys
+
+    from prorl.rewards.sandbox import SandboxUnavailableError, check_sandbox_level
+
+    if level == "strict":
+        try:
+            check_sandbox_level("strict")
+        except SandboxUnavailableError as e:
+            if sys.platform.startswith("linux") and os.getuid() == 0:
+                pytest.fail(f"strict sandbox must work as root on Linux: {e}")
+            pytest.skip(str(e))
+    return level

@@ -157,9 +157,21 @@ def test_sigkill_at_three_moments_then_resume_is_bit_identical(tmp_path, uninter
     first = assert_latest_is_complete(out)
     assert int(first.name.split("-")[1]) <= 2
 
-    # 2. in the middle of writing a checkpoint (a .tmp-checkpoint-* folder exists)
+    # 2. in the middle of writing a checkpoint (a .tmp-checkpoint-* folder of this process exists; the
+    # first kill may have left one behind mid-save, which must not count)
+    def tmp_folders():
+        found = set()
+        for p in out.glob(".tmp-checkpoint-*"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # removed between the listing and the look
+                continue
+            found.add((p.name, st.st_ino, st.st_ctime_ns))
+        return found
+
+    stale = tmp_folders()
     proc = start(out, log, resume="latest")
-    wait_for("a checkpoint save in progress", lambda: next(out.glob(".tmp-checkpoint-*"), None), proc, log)
+    wait_for("a checkpoint save in progress", lambda: tmp_folders() - stale, proc, log)
     kill9(proc)
     assert_latest_is_complete(out)  # whether or not the rename happened before the kill landed
 

@@ -32,23 +32,14 @@ from pathlib import Path
 import pytest
 
 from prorl.rewards.code import run_asserts, run_humaneval
-from prorl.rewards.sandbox import SandboxUnavailableError, check_sandbox_level, run_python, run_tests
+from prorl.rewards.sandbox import run_python, run_tests
+from .conftest import require
 
 REPO = Path(__file__).resolve().parents[1]
 HUMANEVAL = REPO.parent / "shared" / "data" / "humaneval" / "HumanEval.jsonl.gz"
 BOTH, STRICT = ("basic", "strict"), ("strict",)
 
 
-def require(level: str) -> str:
-    """Skip (or, as root on Linux, where CI runs and namespaces must work, fail) without "strict"."""
-    if level == "strict":
-        try:
-            check_sandbox_level("strict")
-        except SandboxUnavailableError as e:
-            if sys.platform.startswith("linux") and os.getuid() == 0:
-                pytest.fail(f"strict sandbox must work as root on Linux: {e}")
-            pytest.skip(str(e))
-    return level
 
 
 @lru_cache(maxsize=None)

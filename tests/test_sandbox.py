@@ -22,20 +22,12 @@ from prorl.rewards import _sandbox_wire as wire
 from prorl.rewards import sandbox
 from prorl.rewards.code import run_asserts, run_humaneval
 from prorl.rewards.sandbox import SandboxUnavailableError, check_sandbox_level, run_python, run_tests
+from .conftest import require
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = pytest.mark.parametrize("level", ["basic", "strict"])
 
 
-def require(level: str) -> str:
-    if level == "strict":
-        try:
-            check_sandbox_level("strict")
-        except SandboxUnavailableError as e:
-            if sys.platform.startswith("linux") and os.getuid() == 0:
-                pytest.fail(f"strict sandbox must work as root on Linux: {e}")
-            pytest.skip(str(e))
-    return level
 
 
 # Each process of a snippet prints "<pid> <pid namespace>": under "strict" the pid is the one inside

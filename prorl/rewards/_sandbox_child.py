@@ -20,19 +20,8 @@ functions bound to proxies: a call sends its arguments to C as plain data and ge
 (or the name and message of the exception raised), so no object of the candidate's reaches a
 comparison the tests make. L writes ``<nonce> PASS <i>`` on fd 3 after test i succeeds.
 
-Wire format (`encode` / `decode`): plain data only, exact built-in types, tagged text::
-
-    N T F                    None True False
-    i<digits>;               int (at most MAX_INT_DIGITS digits)
-    f<float.hex()>;          float (nan and +-inf included, exact)
-    s<n>:<n chars>           str (code points; lone surrogates allowed)
-    b<n>:<n latin-1 chars>   bytes
-    l t S Z <n>:<n items>    list tuple set frozenset
-    d<n>:<n key, value>      dict
-
-framed as a 4-byte big-endian length then the UTF-8 ("surrogatepass") text. Limits on every
-message: MAX_MESSAGE_BYTES, MAX_DEPTH nesting, MAX_ITEMS elements; the decoder checks all of
-them and rejects anything malformed, so a hostile C can make a call fail, never more.
+The wire format (`_sandbox_wire`) carries plain data only, exact built-in types, with limits on
+every message; the decoder rejects anything malformed, so a hostile C can make a call fail, never more.
 """
 
 from __future__ import annotations
