@@ -5,7 +5,7 @@
 
 The two versions run alternately in the same process (old, new, new, old, ...), so load from
 other work on the machine affects both alike; the figure per version is the median over rounds.
-The old version is loaded from `git show <ref>:prorl/rewards/{base,sandbox,code,_sandbox_child}.py`
+The old version is loaded from `git show <ref>:prorl/rewards/{base,sandbox,code,_sandbox_child,_sandbox_wire}.py`
 into a throw-away package. Every canonical solution must score 1 in both, or the run fails.
 """
 
