@@ -256,8 +256,8 @@ class Trainer:
 
     def _log_samples(self, bar) -> None:
         rows = [
-            {"step": self.step, "prompt": p, "completion": c, "reward": r}
-            for p, c, r in list(zip(*self._last_samples))[: self.cfg.n_logged_samples]
+            {"step": self.step, "prompt": p, "completion": c, "reward": r, **({"domain": d} if d is not None else {})}
+            for p, c, r, d in list(zip(*self._last_samples))[: self.cfg.n_logged_samples]
         ]
         with open(self.out_dir / "samples.jsonl", "a") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
@@ -380,7 +380,8 @@ class Trainer:
         self.step += 1
         reset = self._maybe_reset_reference()
         self._last_samples = ([p for r in rounds for p in r.prompts], [c for r in rounds for c in r.completions],
-                              torch.cat([r.scored for r in rounds]).tolist())
+                              torch.cat([r.scored for r in rounds]).tolist(),
+                              [self.domains[i] if i >= 0 else None for i in torch.cat([r.domain_ids for r in rounds]).tolist()])
         self.totals["skipped_groups"] += int(zero_signal.sum()) // cfg.n_samples
         self.totals["repaired_logit_rows"] += int(dist.global_sum(self.acc, torch.tensor([ro.repaired_rows], device=self.device)))
         m = {"step": self.step, "epoch": self._epoch(),

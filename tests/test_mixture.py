@@ -275,8 +275,10 @@ def repo_cwd(monkeypatch):
 def test_offline_mix_trains_logs_every_domain_and_resumes_bit_identically(tmp_path, repo_cwd):
     from safetensors.torch import load_file
 
-    full = _mix_run(tmp_path, "full")
+    full = _mix_run(tmp_path, "full", sample_every=2, n_logged_samples=64)
     rows = _metrics(full)
+    logged_samples = [json.loads(line) for line in (full / "samples.jsonl").read_text().splitlines()]
+    assert len(logged_samples) == 2 * 64 and {s["domain"] for s in logged_samples} <= set(DOMAINS)
     assert [m["step"] for m in rows] == [1, 2, 3, 4]
     logged = {k.split("/")[1] for m in rows for k in m if k.startswith("domain/")}
     assert logged == set(DOMAINS), logged  # every domain had samples in some step, and reported them
