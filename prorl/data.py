@@ -60,7 +60,7 @@ def load_prompt_sources(cfg: Config):
     where each source is loaded as a single dataset would be and gets a constant 'domain' column."""
     if not cfg.datasets:
         ds = _load_source(cfg)
-        return ds, [_source(cfg.dataset or "builtin", ds, _column_names(ds) or [])]
+        return ds, [_source(cfg.data_label(), ds, _column_names(ds) or [])]
     parts, sources = [], []
     for i, entry in enumerate(cfg.datasets):
         ds = _load_source(cfg.source_config(i))
@@ -119,7 +119,7 @@ def _aligned(parts: list, sources: list[Source]) -> list:
         if col == "prompt" or not all(isinstance(t, datasets.Value) for _, t in seen):
             what = "prompts" if col == "prompt" else f"column '{col}'"
             fix = ("make every source's prompts the same kind: all text, or all chat messages" if col == "prompt"
-                   else f"rename it in one source (rename_columns) or drop it there (remove_columns)")
+                   else "rename it in one source (rename_columns) or drop it there (remove_columns)")
             raise ConfigError(f"datasets: {what} of {sources[i].label!r} ({_kind(a)}) and of {sources[j].label!r} ({_kind(b)}) "
                               f"cannot be mixed; {fix}")
         dtypes = {t.dtype for _, t in seen}

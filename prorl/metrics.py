@@ -62,17 +62,23 @@ def step_metrics(acc, rounds, ro, update: dict, keep: torch.Tensor, zero_signal:
     return m
 
 
+def local_rows(rounds) -> torch.Tensor:
+    """This process's rows [n_local] in the concatenation of every round's gathered rows (what
+    `dist.gather_varlen` put where, round after round)."""
+    base, mine = 0, []
+    for r in rounds:
+        mine.append(torch.arange(r.offset, r.offset + r.rewards.numel(), device=r.rewards.device) + base)
+        base += r.all_rewards.numel()
+    return torch.cat(mine)
+
+
 def domain_metrics(acc, rounds, zero_signal: torch.Tensor, domains: list[str]) -> dict:
     """domain/<name>/{reward_mean, zero_signal_frac, completion_len_mean, samples} over the step's
     rows of each domain (global; a domain without rows this step reports nothing). zero_signal [N]
     is in the rounds' gathered order; each process picks its own rows' flags back out of it."""
-    base, rows = 0, []
-    for r in rounds:
-        n_local = r.rewards.numel()
-        zero = zero_signal[base + r.offset : base + r.offset + n_local].float()
-        rows.append(torch.stack([r.scored.float(), zero, r.lengths.float(), r.domain_ids.float()], dim=1))
-        base += r.all_rewards.numel()
-    table = dist.gather_varlen(acc, torch.cat(rows))  # [N, 4]
+    local = torch.cat([torch.stack([r.scored.float(), r.lengths.float(), r.domain_ids.float()], dim=1) for r in rounds])
+    zero = zero_signal[local_rows(rounds)].float().unsqueeze(1)
+    table = dist.gather_varlen(acc, torch.cat([local[:, :1], zero, local[:, 1:]], dim=1))  # [N, 4]
     out = {}
     for i, name in enumerate(domains):
         mine = table[table[:, 3] == i]

@@ -32,7 +32,7 @@ from .data import (
 )
 from .evaluate import evaluate
 from .logprobs import completion_logprobs
-from .metrics import flat_config, format_eval, format_line, step_metrics, trim_metrics
+from .metrics import flat_config, format_eval, format_line, local_rows, step_metrics, trim_metrics
 from .model import (
     check_token_ids, embedding_rows, enable_activation_checkpointing, eos_ids, load_model_and_tokenizer, mark_layers_for_recompute,
     quiet_libraries, set_seed,
@@ -432,13 +432,10 @@ class Trainer:
     def _advantages(self, rounds: list[_Round]):
         """Advantages over whole groups (global; the first batch_size groups with signal are used):
         (rollout of all rounds, advantages [n_local], keep [n_local] bool, zero_signal [N] bool)."""
-        cfg, base, mine = self.cfg, 0, []
-        for r in rounds:  # this process's rows in the concatenation of every round's gathered rows
-            mine.append(torch.arange(r.offset, r.offset + r.rewards.numel(), device=self.device) + base)
-            base += r.all_rewards.numel()
+        cfg = self.cfg
         advantages, keep, zero_signal = algos.batch_advantages(
             torch.cat([r.all_rewards for r in rounds]), torch.cat([r.all_task for r in rounds]),
-            torch.cat([r.all_groups for r in rounds]), torch.cat(mine), cfg.advantage,
+            torch.cat([r.all_groups for r in rounds]), local_rows(rounds), cfg.advantage,
             skip_zero_signal=cfg.skip_zero_signal, max_groups=cfg.batch_size if cfg.dynamic_sampling_rounds else None,
         )
         ro = concat_rollouts([r.rollout for r in rounds], pad_token_id=self.tokenizer.pad_token_id)
