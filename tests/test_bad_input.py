@@ -10,8 +10,6 @@ import json
 import os
 import resource
 import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from prorl import cli
 from prorl.checkpoint import list_checkpoints
 
 from .conftest import REPO, TINY_MODEL
+from .procs import free_port, run_tree
 
 FIXTURES = REPO / "tests" / "reward_fixtures.py"
 TINY = dict(
@@ -360,14 +359,11 @@ def test_questionable_input_warns_and_the_run_goes_on(tmp_path, capsys, caplog, 
 
 @pytest.mark.slow
 def test_batch_size_not_divisible_by_processes(tmp_path, tiny_model):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     args = sum(([f"--{k}", str(v)] for k, v in dict(TINY, batch_size=3, output_dir=str(tmp_path / "out")).items()), [])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "prorl", "train", *args]
+           "--master_port", str(free_port()), "-m", "prorl", "train", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    r = run_tree(cmd, cwd=REPO, env=env, timeout=300)
     assert r.returncode != 0  # torchrun reports its failed workers with exit code 1
     ours = [l for l in r.stderr.splitlines() if l.startswith("prorl: ")]
     assert ours and set(ours) == {"prorl: error: batch_size=3 must be divisible by the number of processes (2)"}, r.stderr[-3000:]

@@ -3,7 +3,6 @@ The processes see no GPU even on a machine that has one (`launch()` hides it): t
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ from prorl.data import PromptStream, epoch_order, steps_per_epoch
 from prorl.dist import shard_slice
 
 from .conftest import REPO, TINY_MODEL
+from .procs import free_port, run_tree
 
 pytestmark = pytest.mark.slow
 
@@ -24,22 +24,16 @@ COMMON = dict(
 )
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node N ...`; a hang fails the test through the timeout."""
     if nproc == 1:
         cmd = [sys.executable, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(_port()), *args]
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
     # CPU processes (gloo) also where a GPU is visible: one GPU cannot hold two ranks' devices
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    r = run_tree(cmd, cwd=REPO, env=env, timeout=timeout)
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr[-3000:]}"
     return r
 

@@ -15,7 +15,6 @@ From there on it is accelerate's and torch's real FSDP code: `acc.prepare` shard
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +79,7 @@ def _generation_probe(trainer, cfg) -> dict:
 
 def _main(argv: list[str]) -> int:
     """torchrun entry point: `tests/test_fsdp.py [gen] VERSION --option value ...` (VERSION 1 or 2)."""
-    from prorl import checkpoint, dist
+    from prorl import dist
     from prorl.cli import parse_train_args
     from prorl.trainer import Trainer
 
@@ -89,9 +88,6 @@ def _main(argv: list[str]) -> int:
     version, cfg = int(argv[0]), parse_train_args(argv[1:])
     acc = dist.make_accelerator()
     force_fsdp(acc, version)
-    # Trainer._load_resume_state loads the optimizer state BEFORE acc.prepare; FSDP's prepare swaps
-    # the parameters and that state is lost (the next save then fails on its stale keys). Until the
-    # trainer loads it after prepare, do that here: hide it from __init__, load it through prorl.dist.
     trainer = Trainer(cfg, accelerator=acc)
     sharded_class = type(trainer.model).__name__
     if probe_generation:
@@ -115,6 +111,8 @@ if __name__ == "__main__":
 # pytest side
 
 import pytest  # noqa: E402
+
+from .procs import free_port, run_tree  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -155,17 +153,11 @@ _SKIP = _fsdp_on_cpu_unavailable()
 needs_fsdp_on_cpu = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(cmd: list[str], timeout: int = 600, cpu: bool = True) -> subprocess.CompletedProcess:
     """A hang (e.g. a collective only some processes reach) fails through the timeout. cpu=True: the
     processes see no GPU (two CPU processes with gloo, also on a machine that has one GPU)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **({"CUDA_VISIBLE_DEVICES": ""} if cpu else {}))
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    r = run_tree(cmd, cwd=REPO, env=env, timeout=timeout)
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr[-4000:]}"
     return r
 
@@ -184,7 +176,7 @@ def _opts(out, **overrides) -> list[str]:
 
 def _torchrun(nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(_port())]
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
 
 
 def train_fsdp(version: int, out, **overrides):
@@ -300,7 +292,7 @@ def test_fsdp_yaml_on_two_gpus(tmp_path):
     from transformers import AutoModelForCausalLM
 
     _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/fsdp.yaml", "--num_processes", "2",
-          "--main_process_port", str(_port()), "-m", "prorl", "train",
+          "--main_process_port", str(free_port()), "-m", "prorl", "train",
           *_opts(tmp_path / "gpu", max_steps=2, save_every=1, ref_reset_every=1)], cpu=False)
     assert [x["step"] for x in metrics(tmp_path / "gpu")] == [1, 2]
     AutoModelForCausalLM.from_pretrained(tmp_path / "gpu" / "checkpoint-000002")
