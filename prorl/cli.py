@@ -185,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         if command == "merge":
             return _merge(argv[1:])
         cfg = parse_train_args(argv[1:])
-        Trainer(cfg).train()
+        trainer = Trainer(cfg)
+        trainer.train()
+        if trainer.acc.num_processes > 1:  # done, group destroyed: skip the teardown where exit hangs start
+            from .dist import exit_now
+
+            exit_now(0)
     except (ConfigError, RewardConfigError, CheckpointError) as e:
         sys.stderr.write(f"prorl: error: {e}\n")
         return EXIT_USAGE

@@ -7,6 +7,11 @@ reduce and shard through the Accelerator's process group (NCCL on GPUs, gloo on 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
+import logging
+import os
+import sys
+import threading
 
 import torch
 from accelerate import Accelerator
@@ -33,6 +38,48 @@ def make_accelerator(log_with=None, project_dir: str | None = None, mixed_precis
         # global state and refuses the change; reset that state (the process group is kept)
         AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mixed_precision, log_with=log_with, project_dir=project_dir, cpu=not _has_accelerator())
+
+
+# A process-group teardown that does not return within this many seconds is abandoned (see `finish`).
+TEARDOWN_GRACE_S = 60.0
+
+
+def finish(acc: Accelerator, grace_s: float = TEARDOWN_GRACE_S) -> None:
+    """End a run: close the trackers and destroy the process group. Call on every process after the
+    run's last collective (Trainer.save's closing barrier), so every checkpoint and metric is on disk.
+
+    Destroying a gloo/NCCL group can hang (a peer that closed its connections first, a backend bug),
+    and a hang there would hold a cluster job's machines with nothing left to do. So under several
+    processes a watchdog gives the teardown `grace_s` seconds; then it prints every thread's stack
+    to stderr and exits 0, since the run itself has finished."""
+    if acc.num_processes == 1:
+        acc.end_training()
+        return
+    done = threading.Event()
+
+    def watchdog():
+        if not done.wait(grace_s):
+            sys.stderr.write(f"prorl: rank {acc.process_index}: the process-group teardown did not finish in {grace_s:g}s; "
+                             "exiting anyway (the run and its last checkpoint are complete). Stacks:\n")
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            exit_now(0)
+
+    threading.Thread(target=watchdog, name="prorl-teardown-watchdog", daemon=True).start()
+    try:
+        acc.end_training()
+    finally:
+        done.set()
+
+
+def exit_now(code: int) -> None:
+    """Leave a distributed worker at once, skipping interpreter teardown: once the process group is
+    gone, destructors of DDP/backend objects and their threads are all that is left to run, and they
+    are where exit-time hangs come from. Output and logs are flushed first."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def local_slice(n_global: int, acc: Accelerator, what: str = "batch_size") -> slice:

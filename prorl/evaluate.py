@@ -145,5 +145,5 @@ def run_eval(cfg, *, ks: list[int], n: int) -> dict:
         eos_token_ids=eos_ids(model, tokenizer), sampler=sampler,
     )
     result["model"] = cfg.model_name_or_path
-    acc.end_training()
+    dist.finish(acc)
     return result

@@ -243,7 +243,7 @@ class Trainer:
         finally:
             bar.close()
             stop.restore()
-        acc.end_training()
+        dist.finish(acc)
         return last
 
     def _append_metrics(self, metrics: dict) -> None:

@@ -167,3 +167,36 @@ def test_vllm_engine_one_and_two_processes_sample_the_same(tmp_path, monkeypatch
     m1, m2 = metrics(tmp_path / "p1"), metrics(tmp_path / "p2")
     for a, b in zip(m1, m2):
         assert a["reward_mean"] == b["reward_mean"] and a["completion_len_mean"] == b["completion_len_mean"]
+
+
+HUNG_TEARDOWN = """
+import sys, time
+from prorl import dist
+
+class Acc:  # an accelerator whose process-group teardown never returns
+    num_processes, process_index = 2, 1
+    def end_training(self):
+        time.sleep(60)
+
+print("trained", flush=True)
+dist.finish(Acc(), grace_s=1)
+print("not reached")
+sys.exit(5)
+"""
+
+
+def test_a_hung_teardown_is_abandoned_with_stacks_and_exit_0():
+    """dist.finish: a process-group teardown that hangs after a finished run must not hold the job."""
+    r = run_tree([sys.executable, "-c", HUNG_TEARDOWN], cwd=REPO, env=dict(os.environ), timeout=30)
+    assert r.returncode == 0 and r.stdout == "trained\n", (r.returncode, r.stdout, r.stderr[-2000:])
+    assert "rank 1: the process-group teardown did not finish in 1s" in r.stderr
+    assert "in end_training" in r.stderr  # the stack of the stuck call, for a bug report
+
+
+def test_two_process_cli_run_exits_0_with_all_its_output(tmp_path):
+    """The CLI leaves a finished multi-process run without interpreter teardown (dist.exit_now);
+    its output and files must be complete all the same."""
+    r = train(2, tmp_path / "run", max_steps=2, log_every=1)
+    assert [l.split("|")[0].split() for l in r.stdout.splitlines() if l.startswith("step")] == [["step", "1"], ["step", "2"]]
+    assert [m["step"] for m in metrics(tmp_path / "run")] == [1, 2]
+    assert (tmp_path / "run" / "checkpoint-000002" / "model.safetensors").exists()

@@ -153,7 +153,7 @@ _SKIP = _fsdp_on_cpu_unavailable()
 needs_fsdp_on_cpu = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
 
 
-def _run(cmd: list[str], timeout: int = 600, cpu: bool = True) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], timeout: int = 300, cpu: bool = True) -> subprocess.CompletedProcess:
     """A hang (e.g. a collective only some processes reach) fails through the timeout. cpu=True: the
     processes see no GPU (two CPU processes with gloo, also on a machine that has one GPU)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **({"CUDA_VISIBLE_DEVICES": ""} if cpu else {}))

@@ -135,13 +135,19 @@ def test_cpu_limit_kills_busy_loop_before_the_wall_clock_limit(level):
 @LEVELS
 def test_children_left_behind_after_a_normal_exit_are_killed(level):
     # guard=False lets the snippet fork: this checks the process-group (or namespace) kill on its own.
+    # The parent exits only once every child has printed (else the kill can beat a child's print).
     code = f"""
         import os, time
+        ready, tell = os.pipe()
         for _ in range(3):
             if os.fork() == 0:
                 print({WHO}, flush=True)
+                os.write(tell, b"x")
                 time.sleep(60)
                 os._exit(0)
+        got = b""
+        while len(got) < 3:
+            got += os.read(ready, 3)
     """
     r = run_python(textwrap.dedent(code), timeout_s=20, guard=False, isolation=require(level))
     who = r.stdout.splitlines()
@@ -160,7 +166,7 @@ def test_bounded_fork_tree_is_killed_at_the_timeout(level):
         print({WHO}, flush=True)
         time.sleep(60)
     """
-    r = run_python(textwrap.dedent(code), timeout_s=2, guard=False, isolation=require(level))
+    r = run_python(textwrap.dedent(code), timeout_s=4, guard=False, isolation=require(level))
     who = r.stdout.splitlines()
     assert r.timed_out and len(who) == 16
     assert _survivors(who) == []
