@@ -51,7 +51,8 @@ def finish(acc: Accelerator, grace_s: float = TEARDOWN_GRACE_S) -> None:
     Destroying a gloo/NCCL group can hang (a peer that closed its connections first, a backend bug),
     and a hang there would hold a cluster job's machines with nothing left to do. So under several
     processes a watchdog gives the teardown `grace_s` seconds; then it prints every thread's stack
-    to stderr and exits 0, since the run itself has finished."""
+    to stderr and exits 0, since the run itself has finished (exit 1, 30 s later, if that watchdog
+    cannot run)."""
     if acc.num_processes == 1:
         acc.end_training()
         return
@@ -65,10 +66,13 @@ def finish(acc: Accelerator, grace_s: float = TEARDOWN_GRACE_S) -> None:
             exit_now(0)
 
     threading.Thread(target=watchdog, name="prorl-teardown-watchdog", daemon=True).start()
+    # backstop without Python: should the stuck call hold the GIL, the thread above never runs
+    faulthandler.dump_traceback_later(grace_s + 30, exit=True)
     try:
         acc.end_training()
     finally:
         done.set()
+        faulthandler.cancel_dump_traceback_later()
 
 
 def exit_now(code: int) -> None:
