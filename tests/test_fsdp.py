@@ -99,7 +99,7 @@ def _main(argv: list[str]) -> int:
     if acc.is_main_process:
         probe = {"distributed_type": str(acc.distributed_type), "is_fsdp2": acc.is_fsdp2, "model_class": sharded_class}
         (Path(cfg.output_dir) / "fsdp_probe.json").write_text(json.dumps(probe))
-    return 0
+    dist.exit_now(0)  # as `prorl train` leaves a finished multi-process run
 
 
 if __name__ == "__main__":
