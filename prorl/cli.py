@@ -115,6 +115,8 @@ def parse_train_args(argv: list[str]) -> Config:
 def _eval(argv: list[str]) -> int:
     import json
 
+    from accelerate import PartialState
+
     from .evaluate import format_table, run_eval
 
     args = vars(build_parser("eval").parse_args(["eval", *argv]))
@@ -135,11 +137,17 @@ def _eval(argv: list[str]) -> int:
     if any(k > n for k in ks) or any(k < 1 for k in ks):
         raise ConfigError(f"--k {ks}: each k must be between 1 and n={n}")
     result = run_eval(cfg, ks=ks, n=n)
-    print(format_table(result))
-    print(json.dumps(result))
-    if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(result, fh, indent=2)
+    state = PartialState()  # every process holds the gathered result; the main one reports it
+    if state.is_main_process:
+        print(format_table(result))
+        print(json.dumps(result))
+        if json_path:
+            with open(json_path, "w") as fh:
+                json.dump(result, fh, indent=2)
+    if state.num_processes > 1:  # as a finished multi-process training run ends (see main)
+        from .dist import exit_now
+
+        exit_now(0)
     return 0
 
 

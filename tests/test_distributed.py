@@ -200,3 +200,14 @@ def test_two_process_cli_run_exits_0_with_all_its_output(tmp_path):
     assert [l.split("|")[0].split() for l in r.stdout.splitlines() if l.startswith("step")] == [["step", "1"], ["step", "2"]]
     assert [m["step"] for m in metrics(tmp_path / "run")] == [1, 2]
     assert (tmp_path / "run" / "checkpoint-000002" / "model.safetensors").exists()
+
+
+def test_two_process_eval_reports_once(tmp_path):
+    """`prorl eval` under 2 processes: the main process alone prints the table and writes --json."""
+    out = tmp_path / "eval.json"
+    r = launch(2, "-m", "prorl", "eval", "--model", str(TINY_MODEL), "--dataset", "builtin:arithmetic", "--k", "1,4",
+               "--max_prompts", "8", "--max_length", "6", "--json", str(out))
+    lines = r.stdout.splitlines()
+    assert sum(l.startswith("pass@1 ") for l in lines) == 1 and sum(l.startswith("{") for l in lines) == 1, r.stdout
+    result = json.loads(out.read_text())
+    assert result["n_prompts"] == 8 and result["n_samples"] == 4 and 0 <= result["pass@4"] <= 1
