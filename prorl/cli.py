@@ -112,7 +112,7 @@ def parse_train_args(argv: list[str]) -> Config:
     return load_config(config_file, args)
 
 
-def _eval(argv: list[str]) -> int:
+def _eval(argv: list[str]) -> None:
     import json
 
     from accelerate import PartialState
@@ -144,11 +144,6 @@ def _eval(argv: list[str]) -> int:
         if json_path:
             with open(json_path, "w") as fh:
                 json.dump(result, fh, indent=2)
-    if state.num_processes > 1:  # as a finished multi-process training run ends (see main)
-        from .dist import exit_now
-
-        exit_now(0)
-    return 0
 
 
 def _plot(argv: list[str]) -> int:
@@ -166,6 +161,18 @@ def _merge(argv: list[str]) -> int:
     args = build_parser("merge").parse_args(["merge", *argv])
     print(merge_checkpoint(args.checkpoint, args.out, base=args.base))
     return 0
+
+
+def _leave_if_launched() -> None:
+    """A finished train or eval under several processes (its process group already destroyed by
+    `dist.finish`) leaves without interpreter teardown, where backend objects' exit-time aborts and
+    hangs start."""
+    from accelerate import PartialState
+
+    from .dist import exit_now
+
+    if PartialState().num_processes > 1:
+        exit_now(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,19 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import Trainer, TrainingAborted
 
     try:
-        if command == "eval":
-            return _eval(argv[1:])
         if command == "plot":
             return _plot(argv[1:])
         if command == "merge":
             return _merge(argv[1:])
-        cfg = parse_train_args(argv[1:])
-        trainer = Trainer(cfg)
-        trainer.train()
-        if trainer.acc.num_processes > 1:  # done, group destroyed: skip the teardown where exit hangs start
-            from .dist import exit_now
-
-            exit_now(0)
+        if command == "eval":
+            _eval(argv[1:])
+        else:
+            Trainer(parse_train_args(argv[1:])).train()
+        _leave_if_launched()
     except (ConfigError, RewardConfigError, CheckpointError) as e:
         sys.stderr.write(f"prorl: error: {e}\n")
         return EXIT_USAGE
